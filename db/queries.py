@@ -1,0 +1,92 @@
+"""Reads and writes of the results table; reads return pandas DataFrames."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pandas as pd
+from sqlalchemy import Engine, select
+
+from db.engine import session_scope
+from db.schema import Metric, Study, Trial
+
+# Scripts and notebooks build on these names: keep them stable.
+RESULT_COLUMNS = ["study", "key", "seed", "axis", "setting", "status", "task", "metric", "value"]
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def ensure_study(engine: Engine, name: str, spec_json: str) -> int:
+    with session_scope(engine) as s:
+        study = s.scalar(select(Study).where(Study.name == name))
+        if study is None:
+            study = Study(name=name, created=now(), spec_json=spec_json)
+            s.add(study)
+            s.flush()
+        else:
+            study.spec_json = spec_json
+        return study.id
+
+
+def start_trial(
+    engine: Engine, study_id: int, key: str, seed: int, axis: str, setting: str,
+    settings: dict, config: dict, worker: str, optuna_trial: int | None = None,
+) -> int:
+    """Insert or reset the trial row for a new attempt; returns its id."""
+    with session_scope(engine) as s:
+        t = s.scalar(select(Trial).where(Trial.study_id == study_id, Trial.key == key))
+        if t is None:
+            t = Trial(study_id=study_id, key=key)
+            s.add(t)
+        t.seed, t.axis, t.setting = seed, axis, setting
+        t.settings_json = json.dumps(settings, sort_keys=True)
+        t.config_json = json.dumps(config, sort_keys=True)
+        t.status, t.error, t.worker = "running", None, worker
+        t.optuna_trial, t.started, t.finished, t.wall_s = optuna_trial, now(), None, None
+        t.metrics.clear()
+        s.flush()
+        return t.id
+
+
+def finish_trial(
+    engine: Engine, trial_id: int, metrics: dict[tuple[str, str], float],
+    wall_s: float, mlflow_run_id: str | None, error: str | None = None,
+) -> None:
+    """Record the outcome and every metric in one transaction: all or nothing."""
+    with session_scope(engine) as s:
+        t = s.get_one(Trial, trial_id)
+        t.status = "failed" if error else "done"
+        t.error, t.wall_s, t.finished, t.mlflow_run_id = error, wall_s, now(), mlflow_run_id
+        t.metrics.clear()
+        s.flush()
+        for (task, metric), value in metrics.items():
+            t.metrics.append(Metric(task=task, metric=metric, value=float(value)))
+
+
+def results_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
+    """One row per trial and metric (trials without metrics keep one row with task None)."""
+    stmt = (
+        select(
+            Study.name.label("study"), Trial.key, Trial.seed, Trial.axis, Trial.setting,
+            Trial.status, Metric.task, Metric.metric, Metric.value, Trial.settings_json,
+            Trial.error, Trial.wall_s, Trial.mlflow_run_id,
+        )
+        .join(Trial, Trial.study_id == Study.id)
+        .outerjoin(Metric, Metric.trial_id == Trial.id)
+        .order_by(Trial.id, Metric.id)
+    )
+    if study is not None:
+        stmt = stmt.where(Study.name == study)
+    with engine.connect() as conn:
+        df = pd.DataFrame(conn.execute(stmt).mappings().all())
+    if df.empty:
+        return pd.DataFrame(columns=[*RESULT_COLUMNS, "settings_json", "error", "wall_s"])
+    return df
+
+
+def study_names(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(Study.name).order_by(Study.id)).scalars())

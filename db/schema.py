@@ -1,0 +1,64 @@
+"""Typed SQLAlchemy 2.0 schema of the results database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+intpk = Annotated[int, mapped_column(primary_key=True)]
+str200 = Annotated[str, mapped_column(String(200))]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[intpk]
+    name: Mapped[str200] = mapped_column(unique=True)
+    created: Mapped[datetime]
+    spec_json: Mapped[str] = mapped_column(Text)  # the validated experiments file, resolved
+    trials: Mapped[list[Trial]] = relationship(back_populates="study")
+
+
+class Trial(Base):
+    """One (config, seed) cell; `key` is the content hash of both."""
+
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("study_id", "key"),)
+
+    id: Mapped[intpk]
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    seed: Mapped[int]
+    axis: Mapped[str200]  # the axis this trial varies; "baseline" or "reference" otherwise
+    setting: Mapped[str200]  # the axis value as text
+    settings_json: Mapped[str] = mapped_column(Text)  # every axis' value in this trial
+    config_json: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20))  # running | done | failed
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    optuna_trial: Mapped[int | None]
+    started: Mapped[datetime | None]
+    finished: Mapped[datetime | None]
+    wall_s: Mapped[float | None]
+    study: Mapped[Study] = relationship(back_populates="trials")
+    metrics: Mapped[list[Metric]] = relationship(back_populates="trial", cascade="all")
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("trial_id", "task", "metric"),)
+
+    id: Mapped[intpk]
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id"), index=True)
+    task: Mapped[str200]  # probe task, or "train" for training figures
+    metric: Mapped[str200]
+    value: Mapped[float]
+    trial: Mapped[Trial] = relationship(back_populates="metrics")

@@ -1,0 +1,101 @@
+"""Frozen configuration dataclasses, one per section of the experiments file.
+
+Everything the model side needs to know arrives through these objects; nothing is read from
+globals or the environment. `orchestrator.spec` builds them from YAML and validates them, so
+the checks here are limited to invariants the maths relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Log-mel frontend (reference recipe: 16 kHz, 25 ms window, 10 ms hop, 80 bins)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop: int = 160
+    n_mels: int = 80
+    f_min: float = 50.0
+    f_max: float = 8000.0
+    eps: float = 1e-7  # inside log(mel + eps); keeps silence finite
+    frames: int = 208  # model input length in frames (2.08 s at hop 160)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where prepared audio lives and which slice of it a study uses."""
+
+    cache: str | None = None  # None: $ABL_DATA or the user's cache folder
+    corpus: tuple[str, ...] = ("env-sfx",)  # tasks whose train split is pretraining audio
+    max_clips_per_class: int | None = None  # a small slice for quick runs and tests
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    patch: tuple[int, int] = (16, 16)  # (mel bins, frames) per patch
+    depth: int = 4
+    width: int = 192
+    heads: int = 3
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    depth: int = 2
+    width: int = 96
+    heads: int = 3
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    strategy: str = "unstructured"  # unstructured | time | frequency | multiblock
+    ratio: float = 0.6  # share of tokens that are targets
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    norm: str = "layer"  # none | layer
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: str = "l2"  # l2 | smooth_l1 | cosine
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 30
+    ema_start: float = 0.996
+    ema_end: float = 1.0
+    bf16: bool = True  # bf16 autocast where the CPU supports it
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    tasks: tuple[str, ...] = ("env-sfx",)
+    seeds: tuple[int, ...] = (0,)
+    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """A full trial recipe: every section that changes what is trained or how it is scored."""
+
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)

@@ -1,0 +1,144 @@
+"""Log-mel feature cache shared by every trial and worker.
+
+Features of one clip list under one frontend setting are computed once and stored as a flat
+memory-mapped float16 array of frames plus clip offsets, in a folder named by a content hash of
+(frontend settings, task manifest, clip list). Workers map the same file read-only, so a second
+trial pays only for opening it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.audio import load_audio
+from model.config import FrontendConfig
+from model.datasets import Clip, PreparedTask
+from model.frontend import log_mel
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Log-mels of a list of clips: `frames` is (total_frames, n_mels), clip i spans
+    offsets[i]:offsets[i+1]."""
+
+    frames: np.ndarray
+    offsets: np.ndarray
+    labels: tuple[str, ...]
+    files: tuple[str, ...]
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def clip(self, i: int) -> np.ndarray:
+        """(n_mels, T) float32 log-mel of clip i."""
+        return np.asarray(self.frames[self.offsets[i] : self.offsets[i + 1]], np.float32).T
+
+
+def feature_key(task: PreparedTask, clips: list[Clip], cfg: FrontendConfig) -> str:
+    h = hashlib.sha1()
+    h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
+    h.update(task.meta.get("manifest_sha1", "").encode())
+    for c in clips:
+        h.update(f"{c.file}:{c.sha1}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_features(
+    task: PreparedTask, clips: list[Clip], cfg: FrontendConfig, data_root: Path
+) -> FeatureSet:
+    """Features for `clips`, computed on the first call and memory-mapped afterwards."""
+    key = feature_key(task, clips, cfg)
+    folder = data_root / "features" / f"{task.name}-{key}"
+    if not (folder / "index.json").is_file():
+        _build(task, clips, cfg, folder)
+    index = json.loads((folder / "index.json").read_text())
+    offsets = np.load(folder / "offsets.npy")
+    n_frames = int(offsets[-1])
+    frames = np.memmap(folder / "frames.f16", np.float16, "r", shape=(n_frames, cfg.n_mels))
+    return FeatureSet(frames, offsets, tuple(index["labels"]), tuple(index["files"]), key)
+
+
+def _build(task: PreparedTask, clips: list[Clip], cfg: FrontendConfig, folder: Path) -> None:
+    work = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    mels = []
+    with torch.inference_mode():
+        for c in clips:
+            wave = load_audio(task.path(c), cfg.sample_rate)
+            mels.append(log_mel(wave, cfg).T.astype(np.float16))  # (T, n_mels)
+    offsets = np.zeros(len(mels) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(m) for m in mels])
+    mm = np.memmap(work / "frames.f16", np.float16, "w+", shape=(int(offsets[-1]), cfg.n_mels))
+    for m, start in zip(mels, offsets[:-1], strict=True):
+        mm[start : start + len(m)] = m
+    mm.flush()
+    del mm
+    np.save(work / "offsets.npy", offsets)
+    index = {"labels": [c.label for c in clips], "files": [c.file for c in clips]}
+    (work / "index.json").write_text(json.dumps(index))
+    try:
+        os.replace(work, folder)
+    except OSError:
+        # Another worker finished the same features first; theirs are identical.
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    mean: float
+    std: float
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+
+def corpus_normalizer(sets: list[FeatureSet]) -> Normalizer:
+    """Dataset mean/std over every frame of the pretraining corpus (one scalar pair)."""
+    total, sq, n = 0.0, 0.0, 0
+    for s in sets:
+        f = np.asarray(s.frames, np.float64)
+        total += f.sum()
+        sq += np.square(f).sum()
+        n += f.size
+    mean = total / n
+    return Normalizer(float(mean), float(np.sqrt(max(sq / n - mean * mean, 1e-12))))
+
+
+class CropSampler:
+    """Random fixed-length crops from a corpus; shorter clips are zero-padded after
+    normalisation (zero is the corpus mean)."""
+
+    def __init__(self, sets: list[FeatureSet], frames: int, norm: Normalizer, seed: int):
+        self.sets = sets
+        self.frames = frames
+        self.norm = norm
+        self.rng = np.random.default_rng(seed)
+        self.index = [(si, ci) for si, s in enumerate(sets) for ci in range(len(s))]
+        if not self.index:
+            raise ValueError("the pretraining corpus is empty")
+
+    def batch(self, size: int) -> torch.Tensor:
+        """(B, 1, n_mels, frames) float32."""
+        picks = self.rng.integers(0, len(self.index), size)
+        n_mels = self.sets[0].frames.shape[1]
+        out = np.zeros((size, 1, n_mels, self.frames), np.float32)
+        for b, p in enumerate(picks):
+            si, ci = self.index[p]
+            s = self.sets[si]
+            lo, hi = int(s.offsets[ci]), int(s.offsets[ci + 1])
+            n = hi - lo
+            start = lo + (int(self.rng.integers(0, n - self.frames + 1)) if n > self.frames else 0)
+            length = min(n, self.frames)
+            crop = np.asarray(s.frames[start : start + length], np.float32).T
+            out[b, 0, :, :length] = self.norm(crop)
+        return torch.from_numpy(out)

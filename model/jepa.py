@@ -1,0 +1,88 @@
+"""The audio JEPA: context encoder, EMA target encoder and a narrow predictor."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import LossConfig, PredictorConfig, RecipeConfig, TargetConfig
+from model.masks import Masks, apply_masks
+from model.vit import Block, ViT, init_weights, sincos_2d
+
+
+class Predictor(nn.Module):
+    """Narrow transformer that maps context tokens plus positioned mask tokens to predictions
+    at the target positions only."""
+
+    def __init__(self, cfg: PredictorConfig, enc_width: int, grid: tuple[int, int]):
+        super().__init__()
+        self.embed = nn.Linear(enc_width, cfg.width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.register_buffer("pos", sincos_2d(cfg.width, grid), persistent=False)
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, 4.0) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.width)
+        self.out = nn.Linear(cfg.width, enc_width)
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, ctx: torch.Tensor, masks: Masks) -> torch.Tensor:
+        b = ctx.shape[0]
+        pos = self.pos.unsqueeze(0).expand(b, -1, -1)  # (B, N, P)
+        h = self.embed(ctx) + apply_masks(pos, masks.context)  # (B, Nc, P)
+        q = self.mask_token + apply_masks(pos, masks.target)  # (B, Nt, P)
+        h = torch.cat([h, q], dim=1)
+        for blk in self.blocks:
+            h = blk(h)
+        return self.out(self.norm(h[:, ctx.shape[1] :]))  # (B, Nt, D)
+
+
+def normalise_targets(h: torch.Tensor, cfg: TargetConfig) -> torch.Tensor:
+    if cfg.norm == "layer":
+        return F.layer_norm(h, h.shape[-1:])
+    if cfg.norm == "none":
+        return h
+    raise ValueError(f"unknown target norm {cfg.norm!r}")
+
+
+def jepa_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    if cfg.kind == "l2":
+        return F.mse_loss(pred, target)
+    if cfg.kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target)
+    if cfg.kind == "cosine":
+        return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
+    raise ValueError(f"unknown loss {cfg.kind!r}")
+
+
+class JEPA(nn.Module):
+    def __init__(self, recipe: RecipeConfig):
+        super().__init__()
+        self.recipe = recipe
+        fe = recipe.frontend
+        self.encoder = ViT(recipe.encoder, fe.n_mels, fe.frames)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        for p in self.target_encoder.parameters():
+            p.requires_grad_(False)
+        self.predictor = Predictor(recipe.predictor, recipe.encoder.width, self.encoder.grid)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.encoder.grid
+
+    def forward(self, x: torch.Tensor, masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (loss, normalised targets (B, Nt, D))."""
+        with torch.no_grad():
+            # Targets-only branch (M2D, Riou et al.): the target encoder sees target patches.
+            tgt = self.target_encoder(x, keep=masks.target)
+            tgt = normalise_targets(tgt.float(), self.recipe.target)
+        ctx = self.encoder(x, keep=masks.context)  # (B, Nc, D)
+        pred = self.predictor(ctx, masks)  # (B, Nt, D)
+        return jepa_loss(pred.float(), tgt, self.recipe.loss), tgt
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        for t, o in zip(self.target_encoder.parameters(), self.encoder.parameters(), strict=True):
+            t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)

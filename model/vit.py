@@ -1,0 +1,116 @@
+"""A small ViT over log-mel patches with fixed 2-D sin-cos positions and no CLS token."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import EncoderConfig
+from model.masks import apply_masks
+
+
+def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    out = pos.double().reshape(-1, 1) * omega  # (N, dim/2)
+    return torch.cat([out.sin(), out.cos()], dim=1)
+
+
+def sincos_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(F*T, dim) positions: half the channels encode the frequency row, half the time column."""
+    f, t = grid
+    rows, cols = torch.meshgrid(torch.arange(f), torch.arange(t), indexing="ij")
+    half = dim // 2
+    emb = torch.cat([sincos_1d(half, rows), sincos_1d(dim - half, cols)], dim=1)
+    return emb.float()
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, d/H)
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+class ViT(nn.Module):
+    """Encoder: (B, 1, n_mels, frames) log-mel -> (B, N, D) tokens, N = F*T patches."""
+
+    def __init__(self, cfg: EncoderConfig, n_mels: int, frames: int):
+        super().__init__()
+        pf, pt = cfg.patch
+        self.grid = (n_mels // pf, frames // pt)
+        self.patch = nn.Conv2d(1, cfg.width, kernel_size=cfg.patch, stride=cfg.patch)
+        self.register_buffer("pos", sincos_2d(cfg.width, self.grid), persistent=False)
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.width)
+        self.apply(init_weights)
+        w = self.patch.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding plus positions: (B, 1, M, T) -> (B, N, D), row-major over (F, T)."""
+        return self.patch(x).flatten(2).transpose(1, 2) + self.pos
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.tokens(x)
+        if keep is not None:
+            h = apply_masks(h, keep)  # (B, K, D)
+        for blk in self.blocks:
+            h = blk(h)
+        return self.norm(h)
+
+    def frame_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T', F'*D): per time step the frequency tokens concatenated (EVAR pooling input)."""
+        h = self.forward(x)  # (B, F*T, D)
+        b, _, d = h.shape
+        f, t = self.grid
+        return h.view(b, f, t, d).permute(0, 2, 1, 3).reshape(b, t, f * d)
+
+
+def param_count(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def flops_per_token(cfg: EncoderConfig) -> float:
+    """Approximate forward multiply-adds x2 per token of one transformer block stack."""
+    d = cfg.width
+    return 2 * cfg.depth * (4 * d * d + 2 * d * int(d * cfg.mlp_ratio)) + math.prod(cfg.patch) * d * 2

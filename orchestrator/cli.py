@@ -1,0 +1,170 @@
+"""The `abl` command line: thin Typer commands that parse, load and call one library function."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from model.errors import AblError
+
+app = typer.Typer(
+    help="abl: controlled ablation studies of JEPA audio encoders.\n\n"
+    "Write experiments.yaml (a baseline recipe, the axes to vary, the seeds), then "
+    "`abl run experiments.yaml`, `abl report --axis NAME` and `abl ui`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Prepare and list the real-audio probe tasks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+Experiments = Annotated[
+    Path, typer.Argument(help="The experiments file (YAML).", show_default=True)
+]
+Output = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Output folder; overrides `output:` in the file."),
+]
+DataRoot = Annotated[
+    Path | None,
+    typer.Option("--data", help="Data cache folder (default: $ABL_DATA or ~/.cache/abl)."),
+]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a user-fixable error as one line and exit 2; internal bugs keep their traceback."""
+    try:
+        yield
+    except AblError as e:
+        typer.echo(f"abl: error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _say(msg: str) -> None:
+    typer.echo(msg)
+
+
+@app.command()
+def run(
+    experiments: Experiments = Path("experiments.yaml"),
+    output: Output = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials; run nothing.")] = False,
+    report: Annotated[bool, typer.Option(help="Render the reports when the study ends.")] = True,
+) -> None:
+    """Run every trial of a study that has not finished yet, then render its reports."""
+    from orchestrator.grid import expand
+    from orchestrator.spec import load_spec
+
+    with user_errors():
+        spec = load_spec(experiments, output)
+        trials = expand(spec)
+        if dry_run:
+            for t in trials:
+                _say(f"{t.key}  seed={t.seed}  {t.axis}={t.setting}")
+            _say(f"{len(trials)} trials in study {spec.study}")
+            return
+        from orchestrator.runner import run_study
+
+        summary = run_study(spec, _say)
+        _say(f"study {spec.study}: ran {summary.ran}, failed {summary.failed}, "
+             f"already finished {summary.skipped}, in {summary.seconds:.0f}s")
+        if report:
+            pages = _render(spec, [a.name for a in spec.axes])
+            _say(f"report:  {pages[-1]}")
+        _say(f"results: {spec.results_url}")
+        _say(f"mlflow:  {spec.mlflow_uri}")
+        _say(f"browse:  abl ui {experiments}   (MLflow UI on http://127.0.0.1:5000)")
+
+
+def _render(spec, axes: list[str]) -> list[Path]:  # noqa: ANN001
+    from db.engine import make_engine
+    from reports.study import render_reports
+
+    return render_reports(make_engine(spec.results_url), spec.study, axes,
+                          spec.output / "reports" / spec.study)
+
+
+@app.command()
+def report(
+    experiments: Experiments = Path("experiments.yaml"),
+    axis: Annotated[
+        str | None, typer.Option(help="One axis (name or dotted path); default: every axis.")
+    ] = None,
+    output: Output = None,
+) -> None:
+    """Render the ablation report (self-contained HTML) from the results table."""
+    from orchestrator.spec import load_spec
+
+    with user_errors():
+        spec = load_spec(experiments, output)
+        if not Path(spec.results_url.removeprefix("sqlite:///")).exists() and \
+                spec.results_url.startswith("sqlite"):
+            raise AblError(f"{experiments}: study {spec.study} has no results yet; "
+                           f"run `abl run {experiments}` first")
+        axes = [spec.axis(axis).name] if axis else [a.name for a in spec.axes]
+        for page in _render(spec, axes):
+            _say(str(page))
+
+
+@app.command()
+def ui(
+    experiments: Experiments = Path("experiments.yaml"),
+    output: Output = None,
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow UI on the study's tracking backend (127.0.0.1 unless --host)."""
+    from orchestrator.spec import load_spec
+    from orchestrator.tracking import ui_command
+
+    with user_errors():
+        spec = load_spec(experiments, output)
+    cmd = ui_command(spec.mlflow_uri, port, host)
+    cmd[0] = str(Path(sys.executable).with_name("mlflow"))
+    _say(f"MLflow UI: http://{host}:{port}  (Ctrl-C to stop)")
+    raise typer.Exit(subprocess.call(cmd, env=dict(os.environ)))
+
+
+@data_app.command("prepare")
+def data_prepare(
+    task: Annotated[list[str] | None, typer.Option(help="Prepare only this task.")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even when prepared.")] = False,
+    data: DataRoot = None,
+) -> None:
+    """Decode, split and cache the real-audio tasks (idempotent; seconds when done)."""
+    from model.datasets import TASKS, prepare_task, resolve_data_root
+
+    with user_errors():
+        root = resolve_data_root(str(data) if data else None)
+        for name in task or sorted(TASKS):
+            t = prepare_task(name, root, force=force, log=_say)
+            _say(f"{name}: {len(t.clips)} clips ready in {t.root}")
+
+
+@data_app.command("list")
+def data_list(data: DataRoot = None) -> None:
+    """Each task with its classes, clip counts per split and total duration."""
+    from model.datasets import TASKS, load_task, resolve_data_root
+
+    with user_errors():
+        root = resolve_data_root(str(data) if data else None)
+        for name in sorted(TASKS):
+            try:
+                t = load_task(name, root)
+            except AblError:
+                _say(f"{name}: not prepared (run `abl data prepare --task {name}`)")
+                continue
+            counts = {s: len(t.split(s)) for s in ("train", "val", "test")}
+            hours = sum(c.duration for c in t.clips) / 3600
+            _say(f"{name}: {len(t.classes)} classes, train {counts['train']} / val "
+                 f"{counts['val']} / test {counts['test']} clips, {hours:.2f} h; "
+                 f"{t.meta.get('description', '')}")
+            _say(f"  classes: {', '.join(t.classes)}")

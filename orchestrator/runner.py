@@ -1,0 +1,305 @@
+"""Run a study: sync the grid into the Optuna ledger, then claim and run trials until none is
+left. Each trial pretrains, probes and records its results in MLflow and the results table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlalchemy import Engine
+
+from db import queries
+from db.engine import init_db, make_engine
+from model.config import FrontendConfig, RecipeConfig
+from model.datasets import PreparedTask, load_task, resolve_data_root
+from model.errors import AblError
+from model.features import CropSampler, FeatureSet, Normalizer, corpus_normalizer, load_features
+from model.probe import embed_clips, linear_probe, logmel_stats
+from model.train import train
+from model.vit import ViT
+from orchestrator.grid import TrialSpec, expand, semantic_config, trial_key
+from orchestrator.ledger import Claim, Ledger
+from orchestrator.spec import StudySpec
+from orchestrator.tracking import Tracker, flatten
+
+Log = Callable[[str], None]
+
+
+class DataBank:
+    """Prepared tasks, features and normalisers, loaded once per process."""
+
+    def __init__(self, data_root: Path):
+        self.root = data_root
+        self._tasks: dict[str, PreparedTask] = {}
+        self._features: dict[tuple, FeatureSet] = {}
+        self._norms: dict[tuple, Normalizer] = {}
+
+    def task(self, name: str) -> PreparedTask:
+        if name not in self._tasks:
+            self._tasks[name] = load_task(name, self.root)
+        return self._tasks[name]
+
+    def features(self, name: str, split: str, fe: FrontendConfig, limit: int | None) -> FeatureSet:
+        k = (name, split, fe, limit)
+        if k not in self._features:
+            task = self.task(name)
+            clips = task.split(split, limit)
+            if not clips:
+                raise AblError(f"task {name!r} has no {split} clips; re-run `abl data prepare`")
+            self._features[k] = load_features(task, clips, fe, self.root)
+        return self._features[k]
+
+    def corpus(self, recipe: RecipeConfig) -> list[FeatureSet]:
+        d = recipe.data
+        return [self.features(t, "train", recipe.frontend, d.max_clips_per_class) for t in d.corpus]
+
+    def normalizer(self, recipe: RecipeConfig) -> Normalizer:
+        k = (recipe.data.corpus, recipe.frontend, recipe.data.max_clips_per_class)
+        if k not in self._norms:
+            self._norms[k] = corpus_normalizer(self.corpus(recipe))
+        return self._norms[k]
+
+
+@dataclass
+class ProbeScores:
+    metrics: dict[tuple[str, str], float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def mean_accuracy(self) -> float:
+        accs = [v for (_, m), v in self.metrics.items() if m == "accuracy"]
+        return float(np.mean(accs)) if accs else float("nan")
+
+
+def score(
+    features_of: Callable[[FeatureSet], np.ndarray], recipe: RecipeConfig, bank: DataBank
+) -> ProbeScores:
+    """Probe every task of the recipe with clip features from `features_of`."""
+    t0 = time.perf_counter()
+    out = ProbeScores()
+    limit = recipe.data.max_clips_per_class
+    for task in recipe.probe.tasks:
+        xs, ys = [], []
+        for split in ("train", "val", "test"):
+            fs = bank.features(task, split, recipe.frontend, limit)
+            xs.append(features_of(fs))
+            ys.append(list(fs.labels))
+        r = linear_probe(xs[0], ys[0], xs[1], ys[1], xs[2], ys[2],
+                         recipe.probe.c_grid, recipe.probe.seeds)
+        out.metrics[(task, "accuracy")] = r.accuracy
+        out.metrics[(task, "macro_f1")] = r.macro_f1
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def encoder_features(encoder: ViT, recipe: RecipeConfig, norm: Normalizer):
+    def f(fs: FeatureSet) -> np.ndarray:
+        return embed_clips(encoder, fs, norm, recipe.frontend.frames, recipe.probe.batch_size)
+
+    return f
+
+
+@dataclass
+class Study:
+    """Everything a worker needs to run trials of one study."""
+
+    spec: StudySpec
+    engine: Engine
+    ledger: Ledger
+    tracker: Tracker
+    study_id: int
+    parent_run: str
+    bank: DataBank
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.spec.output / "checkpoints"
+
+    def choices(self) -> dict[str, list[str]]:
+        from orchestrator.grid import setting_text
+
+        out = {}
+        for a in self.spec.axes:
+            base = expand_baseline_setting(self.spec, a.name)
+            out[a.name] = list(dict.fromkeys([base, *(setting_text(v) for v in a.values)]))
+        return out
+
+
+def expand_baseline_setting(spec: StudySpec, axis: str) -> str:
+    from orchestrator.grid import setting_text
+
+    a = spec.axis(axis)
+    section, key = a.path.split(".")
+    return setting_text(getattr(getattr(spec.baseline, section), key))
+
+
+def open_study(spec: StudySpec) -> Study:
+    """Create (once) or reopen the study's output folder, databases and MLflow experiment."""
+    try:
+        spec.output.mkdir(parents=True, exist_ok=True)
+        probe = spec.output / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise AblError(
+            f"{spec.source}: output folder {spec.output} is not writable ({e.strerror}); "
+            "choose another with `output:` or --output"
+        ) from None
+    engine = make_engine(spec.results_url)
+    init_db(engine)
+    spec_json = json.dumps(
+        {"study": spec.study, "design": spec.design, "seeds": list(spec.seeds),
+         "axes": [dataclasses.asdict(a) for a in spec.axes],
+         "baseline": dataclasses.asdict(spec.baseline)},
+        sort_keys=True, default=str,
+    )
+    study_id = queries.ensure_study(engine, spec.study, spec_json)
+    ledger = Ledger(spec.optuna_url, spec.study)
+    tracker = Tracker(spec.mlflow_uri, spec.study, spec.output / "mlartifacts")
+    parent = tracker.study_run(spec.study)
+    bank = DataBank(resolve_data_root(spec.baseline.data.cache))
+    return Study(spec, engine, ledger, tracker, study_id, parent, bank)
+
+
+def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> bool:
+    """Pretrain, probe and record one trial; returns True when it finished."""
+    recipe = trial.recipe
+    config = semantic_config(recipe)
+    tags = {"abl.role": "trial", "abl.study": st.spec.study, "abl.key": trial.key,
+            "abl.seed": str(trial.seed), "abl.axis": trial.axis, "abl.setting": trial.setting}
+    tags.update({f"abl.axis.{k}": v for k, v in trial.settings.items()})
+    run_id = st.tracker.start_run(trial.label, st.parent_run, tags, flatten(config))
+    row = queries.start_trial(
+        st.engine, st.study_id, trial.key, trial.seed, trial.axis, trial.setting,
+        trial.settings, config, st.worker, claim.number if claim else None,
+    )
+    if claim is not None:
+        st.ledger.record_params(claim, trial.settings, st.choices())
+    t0 = time.perf_counter()
+    try:
+        sampler = CropSampler(st.bank.corpus(recipe), recipe.frontend.frames,
+                              st.bank.normalizer(recipe), seed=trial.seed)
+        data_s = time.perf_counter() - t0
+        model, result = train(recipe, sampler, trial.seed)
+        curves = [(k, v, int(rec["step"])) for rec in result.history
+                  for k, v in rec.items() if k != "step"]
+        st.tracker.log_metrics(run_id, curves)
+        if result.failed:
+            raise TrialFailed(result.failed)
+        st.checkpoints.mkdir(parents=True, exist_ok=True)
+        ckpt = st.checkpoints / f"{trial.key}.pt"
+        torch.save({"encoder": model.encoder.state_dict(),
+                    "config": dataclasses.asdict(recipe)}, ckpt)
+        scores = score(encoder_features(model.encoder, recipe, st.bank.normalizer(recipe)),
+                       recipe, st.bank)
+    except TrialFailed as e:
+        return _fail(st, trial, claim, run_id, row, str(e), time.perf_counter() - t0, log)
+    except BaseException as e:
+        # An internal error or Ctrl-C: close the attempt as failed (a later run retries it),
+        # then let the error through with its traceback.
+        reason = f"interrupted by {type(e).__name__}: {e}"[:500]
+        _fail(st, trial, claim, run_id, row, reason, time.perf_counter() - t0, log)
+        raise
+    wall = time.perf_counter() - t0
+    metrics = dict(scores.metrics)
+    metrics.update({
+        ("train", "final_loss"): result.history[-1]["loss"],
+        ("train", "samples_per_s"): result.samples_per_s,
+        ("train", "train_s"): result.wall_s,
+        ("train", "probe_s"): scores.seconds,
+        ("train", "data_s"): data_s,
+    })
+    st.tracker.log_metrics(run_id, [(f"{t}.{m}", v, 0) for (t, m), v in metrics.items()]
+                           + [("wall_s", wall, 0)])
+    st.tracker.end_run(run_id, ok=True)
+    queries.finish_trial(st.engine, row, metrics, wall, run_id)
+    if claim is not None:
+        st.ledger.complete(claim, scores.mean_accuracy)
+    accs = ", ".join(f"{t} {v:.3f}" for (t, m), v in scores.metrics.items() if m == "accuracy")
+    log(f"  done {trial.label} in {wall:.1f}s: accuracy {accs}")
+    return True
+
+
+class TrialFailed(Exception):
+    """A trial ended for a reason of its own (diverged); the study goes on."""
+
+
+def _fail(st: Study, trial: TrialSpec, claim: Claim | None, run_id: str, row: int,
+          reason: str, wall: float, log: Log) -> bool:
+    st.tracker.set_tags(run_id, {"abl.error": reason[:500]})
+    st.tracker.end_run(run_id, ok=False)
+    queries.finish_trial(st.engine, row, {}, wall, run_id, error=reason)
+    if claim is not None:
+        st.ledger.fail(claim, reason)
+    log(f"  FAILED {trial.label}: {reason}")
+    return False
+
+
+def run_references(st: Study, log: Log) -> None:
+    """Random-init encoder and log-mel statistics, once per study (per seed of the baseline)."""
+    recipe = st.spec.baseline
+    norm = st.bank.normalizer(recipe)
+    done = set(queries.results_frame(st.engine, st.spec.study).query(
+        "axis == 'reference' and status == 'done'")["key"])
+    for seed in st.spec.seeds:
+        for name in ("random-init", "logmel-stats"):
+            key = "ref-" + trial_key(recipe, seed)[:12] + "-" + name
+            if key in done:
+                continue
+            t0 = time.perf_counter()
+            if name == "random-init":
+                torch.manual_seed(seed)
+                enc = ViT(recipe.encoder, recipe.frontend.n_mels, recipe.frontend.frames).eval()
+                scores = score(encoder_features(enc, recipe, norm), recipe, st.bank)
+            else:
+                scores = score(lambda fs: logmel_stats(fs, norm), recipe, st.bank)
+            tags = {"abl.role": "reference", "abl.study": st.spec.study, "abl.key": key,
+                    "abl.seed": str(seed), "abl.setting": name}
+            run_id = st.tracker.start_run(f"reference={name} seed={seed}", st.parent_run, tags, {})
+            st.tracker.log_metrics(run_id, [(f"{t}.{m}", v, 0)
+                                            for (t, m), v in scores.metrics.items()])
+            st.tracker.end_run(run_id, ok=True)
+            row = queries.start_trial(st.engine, st.study_id, key, seed, "reference", name, {},
+                                      semantic_config(recipe), st.worker)
+            queries.finish_trial(st.engine, row, scores.metrics, time.perf_counter() - t0, run_id)
+            accs = ", ".join(f"{t} {v:.3f}" for (t, m), v in scores.metrics.items()
+                             if m == "accuracy")
+            log(f"  reference {name} seed={seed}: accuracy {accs}")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    planned: int
+    ran: int
+    failed: int
+    skipped: int  # finished before this run
+    seconds: float
+
+
+def run_study(spec: StudySpec, log: Log = print) -> RunSummary:
+    t0 = time.perf_counter()
+    trials = expand(spec)
+    st = open_study(spec)
+    todo = st.ledger.sync(trials, spec.max_attempts)
+    log(f"study {spec.study}: {len(trials)} trials, {len(trials) - len(todo)} already finished, "
+        f"{len(todo)} to run")
+    run_references(st, log)
+    by_key = {t.key: t for t in trials}
+    ran = failed = 0
+    while (claim := st.ledger.claim(set(by_key))) is not None:
+        trial = by_key[claim.key]
+        log(f"[{ran + failed + 1}/{len(todo)}] {trial.label} (key {trial.key[:10]})")
+        ok = run_trial(st, trial, claim, log)
+        ran += ok
+        failed += not ok
+    return RunSummary(len(trials), ran, failed, len(trials) - len(todo),
+                      time.perf_counter() - t0)

@@ -1,0 +1,311 @@
+"""The experiments file: YAML -> a validated, frozen `StudySpec`.
+
+Every problem a user can cause is reported as one `AblError` line naming the file, the key and
+the fix, before anything is written anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model.config import RecipeConfig
+from model.errors import AblError
+from model.masks import MASKERS
+
+DESIGNS = ("ofat",)
+TARGET_NORMS = ("none", "layer")
+LOSSES = ("l2", "smooth_l1", "cosine")
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str  # what reports call it, e.g. "masking"
+    path: str  # dotted path into the recipe, e.g. "mask.strategy"
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    optuna: str | None = None  # Optuna storage URL; default SQLite under the output folder
+    results: str | None = None  # results database URL; default SQLite under the output folder
+    mlflow: str | None = None  # MLflow tracking URI; default SQLite under the output folder
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    source: str  # the experiments file, for messages
+    study: str
+    output: Path
+    design: str
+    seeds: tuple[int, ...]
+    axes: tuple[Axis, ...]
+    baseline: RecipeConfig
+    storage: StorageSpec
+    max_attempts: int = 2
+
+    def axis(self, name_or_path: str) -> Axis:
+        for a in self.axes:
+            if name_or_path in (a.name, a.path):
+                return a
+        known = ", ".join(a.name for a in self.axes)
+        raise AblError(f"{self.source}: no axis {name_or_path!r} in this study; axes: {known}")
+
+    @property
+    def optuna_url(self) -> str:
+        return self.storage.optuna or f"sqlite:///{(self.output / 'optuna.db').resolve()}"
+
+    @property
+    def results_url(self) -> str:
+        return self.storage.results or f"sqlite:///{(self.output / 'results.db').resolve()}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.storage.mlflow or f"sqlite:///{(self.output / 'mlflow.db').resolve()}"
+
+
+TOP_KEYS = {
+    "study", "output", "design", "seeds", "axes", "baseline", "storage", "max_attempts",
+}
+
+
+def _suggest(key: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+
+
+def _coerce(value: Any, hint: Any, where: str, source: str) -> Any:
+    """Check one YAML value against a dataclass field type and convert lists to tuples."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where, source)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise AblError(f"{source}: {where} must be a list, got {value!r}")
+        item = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, item, f"{where}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise AblError(f"{source}: {where} must have {len(args)} items, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise AblError(f"{source}: {where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise AblError(f"{source}: {where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise AblError(f"{source}: {where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise AblError(f"{source}: {where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {hint!r} at {where}")
+
+
+def build_dataclass(cls: type, data: Any, where: str, source: str) -> Any:
+    """Build a frozen config dataclass from a YAML mapping, rejecting unknown keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise AblError(f"{source}: {where} must be a mapping of settings, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise AblError(f"{source}: unknown key {where}.{key}; {_suggest(str(key), known)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = build_dataclass(hint, value, f"{where}.{key}", source)
+        else:
+            kwargs[key] = _coerce(value, hint, f"{where}.{key}", source)
+    return cls(**kwargs)
+
+
+def recipe_field(path: str, source: str) -> tuple[type, str]:
+    """(section dataclass, field) for a dotted axis path like "mask.ratio"."""
+    parts = path.split(".")
+    sections = {f.name: f.type for f in fields(RecipeConfig)}
+    hints = typing.get_type_hints(RecipeConfig)
+    if len(parts) != 2 or parts[0] not in sections:
+        raise AblError(
+            f"{source}: axis path {path!r} must be section.setting with a section among "
+            f"{', '.join(sorted(sections))}"
+        )
+    section = hints[parts[0]]
+    names = {f.name for f in fields(section)}
+    if parts[1] not in names:
+        raise AblError(f"{source}: unknown axis path {path!r}; {_suggest(parts[1], names)}")
+    return section, parts[1]
+
+
+def with_value(recipe: RecipeConfig, path: str, value: Any) -> RecipeConfig:
+    section, key = path.split(".")
+    return dataclasses.replace(
+        recipe, **{section: dataclasses.replace(getattr(recipe, section), **{key: value})}
+    )
+
+
+def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
+    """Impossible values, each reported with its key and a fix."""
+
+    def bad(key: str, msg: str) -> AblError:
+        return AblError(f"{source}: {where}{key} {msg}")
+
+    fe, enc, pred = r.frontend, r.encoder, r.predictor
+    if fe.sample_rate < 1000:
+        raise bad("frontend.sample_rate", f"= {fe.sample_rate} is too low; use 16000")
+    if fe.hop <= 0 or fe.n_fft <= 0 or fe.hop > fe.n_fft:
+        raise bad("frontend.hop", "must be positive and at most frontend.n_fft")
+    if not 0 <= fe.f_min < fe.f_max <= fe.sample_rate / 2:
+        raise bad("frontend.f_max", "must exceed f_min and be at most sample_rate / 2")
+    if not 0 < r.mask.ratio < 1:
+        raise bad("mask.ratio", f"= {r.mask.ratio} is outside (0, 1); use a value like 0.6")
+    if r.mask.strategy not in MASKERS:
+        raise bad("mask.strategy", f"= {r.mask.strategy!r}; use one of {', '.join(MASKERS)}")
+    if r.target.norm not in TARGET_NORMS:
+        raise bad("target.norm", f"= {r.target.norm!r}; use one of {', '.join(TARGET_NORMS)}")
+    if r.loss.kind not in LOSSES:
+        raise bad("loss.kind", f"= {r.loss.kind!r}; use one of {', '.join(LOSSES)}")
+    pf, pt = enc.patch
+    if pf <= 0 or pt <= 0 or fe.n_mels % pf or fe.frames % pt:
+        raise bad(
+            "encoder.patch",
+            f"= [{pf}, {pt}] does not tile the {fe.n_mels} x {fe.frames} input; choose sizes "
+            "that divide frontend.n_mels and frontend.frames",
+        )
+    if (fe.n_mels // pf) * (fe.frames // pt) < 2:
+        raise bad("encoder.patch", "leaves fewer than 2 tokens; use smaller patches")
+    for key, width, heads in (("encoder", enc.width, enc.heads), ("predictor", pred.width, pred.heads)):
+        if width <= 0 or heads <= 0 or width % heads or (width // heads) % 2:
+            raise bad(f"{key}.width", f"= {width} must be divisible by {key}.heads = {heads} "
+                      "into an even head size")
+    if enc.depth < 1 or pred.depth < 1:
+        raise bad("encoder.depth", "and predictor.depth must be at least 1")
+    if enc.width % 4:
+        raise bad("encoder.width", "must be a multiple of 4 (2-D sin-cos positions)")
+    tc = r.train
+    if tc.steps < 1 or tc.batch_size < 1:
+        raise bad("train.steps", "and train.batch_size must be at least 1")
+    if not tc.lr > 0:
+        raise bad("train.lr", f"= {tc.lr} must be positive")
+    if not 0 <= tc.ema_start <= tc.ema_end <= 1:
+        raise bad("train.ema_start", "must satisfy 0 <= ema_start <= ema_end <= 1")
+    if tc.warmup_steps < 0 or tc.log_every < 1:
+        raise bad("train.warmup_steps", "must be >= 0 and train.log_every >= 1")
+    if not r.probe.tasks:
+        raise bad("probe.tasks", "is empty; list at least one task, e.g. [env-sfx]")
+    if not r.data.corpus:
+        raise bad("data.corpus", "is empty; list at least one task, e.g. [env-sfx]")
+    if any(c <= 0 for c in r.probe.c_grid) or not r.probe.c_grid:
+        raise bad("probe.c_grid", "must list positive regularisation values")
+    if r.data.max_clips_per_class is not None and r.data.max_clips_per_class < 1:
+        raise bad("data.max_clips_per_class", "must be at least 1 or null")
+
+
+def _parse_axes(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Axis, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise AblError(
+            f"{source}: axes must be a non-empty mapping, e.g. "
+            "axes: {{masking: {{path: mask.strategy, values: [unstructured, time]}}}}"
+        )
+    axes: list[Axis] = []
+    for name, body in raw.items():
+        name = str(name)
+        if isinstance(body, list):
+            path, values = name, body
+        elif isinstance(body, dict):
+            unknown = set(body) - {"path", "values"}
+            if unknown:
+                raise AblError(f"{source}: unknown key axes.{name}.{sorted(unknown)[0]}; "
+                               "an axis has `path` and `values`")
+            path, values = body.get("path", name), body.get("values")
+        else:
+            raise AblError(f"{source}: axes.{name} must be a list of values or "
+                           "{path: section.setting, values: [...]}")
+        if not isinstance(values, list) or not values:
+            raise AblError(f"{source}: axes.{name}.values is empty; list at least one value")
+        section, key = recipe_field(str(path), source)
+        hint = typing.get_type_hints(section)[key]
+        coerced = tuple(_coerce(v, hint, f"axes.{name}.values", source) for v in values)
+        if len(set(map(repr, coerced))) != len(coerced):
+            raise AblError(f"{source}: axes.{name}.values has duplicates; list each value once")
+        if any(a.path == path for a in axes) or any(a.name == name for a in axes):
+            raise AblError(f"{source}: axis {name!r} ({path}) is given twice; merge them")
+        for v in coerced:
+            validate_recipe(with_value(baseline, str(path), v), f"axes.{name} value {v!r}: ", source)
+        axes.append(Axis(name, str(path), coerced))
+    return tuple(axes)
+
+
+def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
+    """Read and validate an experiments file; raises AblError with one clear line."""
+    p = Path(path)
+    source = str(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise AblError(f"{source}: no such experiments file; pass the path to one") from None
+    except OSError as e:
+        raise AblError(f"{source}: cannot be read ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise AblError(f"{source}: YAML syntax error{at}: {problem}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise AblError(f"{source}: must be a YAML mapping with keys study, axes, baseline, ...")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise AblError(f"{source}: unknown key {key!r}; {_suggest(str(key), TOP_KEYS)}")
+    study = raw.get("study")
+    if not isinstance(study, str) or not STUDY_NAME.match(study):
+        raise AblError(
+            f"{source}: study must be a name of letters, digits, '-', '_' or '.', got {study!r}"
+        )
+    design = raw.get("design", "ofat")
+    if design not in DESIGNS:
+        raise AblError(f"{source}: design = {design!r}; use one of {', '.join(DESIGNS)}")
+    seeds = raw.get("seeds", [0])
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise AblError(f"{source}: seeds must be a list of distinct non-negative integers")
+    max_attempts = raw.get("max_attempts", 2)
+    if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
+        raise AblError(f"{source}: max_attempts must be an integer >= 1")
+    baseline = build_dataclass(RecipeConfig, raw.get("baseline"), "baseline", source)
+    validate_recipe(baseline, "baseline.", source)
+    axes = _parse_axes(raw.get("axes"), baseline, source)
+    storage = build_dataclass(StorageSpec, raw.get("storage"), "storage", source)
+    out = output if output is not None else raw.get("output", "abl-out")
+    if not isinstance(out, str | Path):
+        raise AblError(f"{source}: output must be a folder path")
+    out_path = Path(out)
+    if not out_path.is_absolute():
+        # Relative outputs live beside the experiments file, wherever abl is started from.
+        out_path = p.parent / out_path
+    return StudySpec(
+        source=source, study=study, output=out_path, design=design, seeds=tuple(seeds),
+        axes=axes, baseline=baseline, storage=storage, max_attempts=max_attempts,
+    )

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up abl on a fresh Debian machine: the audio packages, a virtual environment with the
+# package, and the prepared data. Idempotent: when everything is in place it takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the real-audio tasks come from (see README, "Data").
+APT_PACKAGES=(0ad-data)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+# Reinstall only when the project's dependency list changed.
+stamp=.venv/.abl-installed
+want=$(sha1sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  echo "setup: installing abl and its dependencies into .venv (a few minutes the first time)"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev,pg]'
+  echo "$want" >"$stamp"
+fi
+
+.venv/bin/abl data prepare
