@@ -32,8 +32,16 @@ def ensure_study(engine: Engine, name: str, spec_json: str) -> int:
 
 
 def start_trial(
-    engine: Engine, study_id: int, key: str, seed: int, axis: str, setting: str,
-    settings: dict, config: dict, worker: str, optuna_trial: int | None = None,
+    engine: Engine,
+    study_id: int,
+    key: str,
+    seed: int,
+    axis: str,
+    setting: str,
+    settings: dict,
+    config: dict,
+    worker: str,
+    optuna_trial: int | None = None,
 ) -> int:
     """Insert or reset the trial row for a new attempt; returns its id."""
     with session_scope(engine) as s:
@@ -52,8 +60,12 @@ def start_trial(
 
 
 def finish_trial(
-    engine: Engine, trial_id: int, metrics: dict[tuple[str, str], float],
-    wall_s: float, mlflow_run_id: str | None, error: str | None = None,
+    engine: Engine,
+    trial_id: int,
+    metrics: dict[tuple[str, str], float],
+    wall_s: float,
+    mlflow_run_id: str | None,
+    error: str | None = None,
 ) -> None:
     """Record the outcome and every metric in one transaction: all or nothing."""
     with session_scope(engine) as s:
@@ -70,9 +82,19 @@ def results_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
     """One row per trial and metric (trials without metrics keep one row with task None)."""
     stmt = (
         select(
-            Study.name.label("study"), Trial.key, Trial.seed, Trial.axis, Trial.setting,
-            Trial.status, Metric.task, Metric.metric, Metric.value, Trial.settings_json,
-            Trial.error, Trial.wall_s, Trial.mlflow_run_id,
+            Study.name.label("study"),
+            Trial.key,
+            Trial.seed,
+            Trial.axis,
+            Trial.setting,
+            Trial.status,
+            Metric.task,
+            Metric.metric,
+            Metric.value,
+            Trial.settings_json,
+            Trial.error,
+            Trial.wall_s,
+            Trial.mlflow_run_id,
         )
         .join(Trial, Trial.study_id == Study.id)
         .outerjoin(Metric, Metric.trial_id == Trial.id)

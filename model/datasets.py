@@ -9,21 +9,21 @@ task that looks ready.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from model.audio import AudioError, is_silent, load_audio, save_flac
 from model.errors import AblError
+from model.sources import TASKS, RawClip, TaskSource, package_version
 from model.splits import assign_splits
 
 PREPARED_RATE = 16000
@@ -40,79 +40,6 @@ def resolve_data_root(configured: str | None = None) -> Path:
         return Path(os.environ["ABL_DATA"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "abl"
-
-
-@dataclass(frozen=True)
-class RawClip:
-    name: str  # unique within the task, used for the prepared file name
-    label: str
-    group: str  # clips sharing a group never straddle two splits
-    read: Callable[[], bytes] = field(repr=False, compare=False)
-
-
-def _package_version(package: str) -> str | None:
-    try:
-        out = subprocess.run(
-            ["dpkg-query", "-W", "-f", "${Version}", package],
-            capture_output=True, text=True, check=False, timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
-
-
-class ZeroADEffects:
-    """0 A.D. sound effects (`0ad-data`): ten folder classes of real recorded effects."""
-
-    name = "env-sfx"
-    description = "0 A.D. sound effects, 10 classes; group = sound stem without trailing digits"
-    packages = ("0ad-data",)
-    archive = Path("/usr/share/games/0ad/mods/public/public.zip")
-    folders = {
-        "impact": "audio/attack/impact/",
-        "weapon": "audio/attack/weapon/",
-        "fire": "audio/attack/fire/",
-        "human": "audio/actor/human/",
-        "fauna": "audio/actor/fauna/",
-        "steps": "audio/actor/singlesteps/",
-        "gathering": "audio/resource/gathering/",
-        "mining": "audio/resource/mining/",
-        "construction": "audio/resource/construction/",
-        "lumbering": "audio/resource/lumbering/",
-    }
-
-    def clips(self) -> list[RawClip]:
-        if not self.archive.is_file():
-            raise AblError(
-                f"{self.archive}: 0 A.D. audio not found; install the Debian package 0ad-data "
-                "(scripts/setup.sh does)"
-            )
-        with zipfile.ZipFile(self.archive) as zf:
-            names = sorted(n for n in zf.namelist() if n.endswith(".ogg"))
-        out = []
-        for label, prefix in self.folders.items():
-            for n in names:
-                if not n.startswith(prefix):
-                    continue
-                stem = Path(n).stem
-                # camel_10 and camel_11 are takes of one sound: group them.
-                group = label + "/" + re.sub(r"[_\-\s]*\d+$", "", stem)
-                out.append(RawClip(n[len("audio/"):], label, group, self._reader(n)))
-        return out
-
-    def _reader(self, member: str) -> Callable[[], bytes]:
-        def read() -> bytes:
-            # Opening the 275 MB archive parses its whole directory: do it once per process.
-            if self._zip is None:
-                self._zip = zipfile.ZipFile(self.archive)
-            return self._zip.read(member)
-
-        return read
-
-    _zip: zipfile.ZipFile | None = None
-
-
-TASKS: dict[str, ZeroADEffects] = {"env-sfx": ZeroADEffects()}
 
 
 @dataclass(frozen=True)
@@ -153,7 +80,7 @@ class PreparedTask:
         return self.root / clip.file
 
 
-def task_source(name: str) -> ZeroADEffects:
+def task_source(name: str) -> TaskSource:
     if name not in TASKS:
         raise AblError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     return TASKS[name]
@@ -187,7 +114,16 @@ def prepare_task(
     raw = source.clips()
     if not raw:
         raise AblError(f"task {name!r}: its source lists no audio; reinstall {source.packages}")
-    split_of = assign_splits((c.label, c.group) for c in raw)
+    # A data set's own split wins; the rest are split by group, stratified per class. A class
+    # with fewer than three groups cannot reach every split by group, so its clips are split
+    # one by one (recorded in the task's metadata: near-duplicates may straddle there).
+    groups_per_class: dict[str, set[str]] = {}
+    for c in raw:
+        if c.split is None:
+            groups_per_class.setdefault(c.label, set()).add(c.group)
+    fine = sorted(lab for lab, g in groups_per_class.items() if len(g) < 3)
+    raw = [dataclasses.replace(c, group=c.name) if c.label in fine else c for c in raw]
+    split_of = assign_splits((c.label, c.group) for c in raw if c.split is None)
     work = data_root / "tasks" / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "audio").mkdir(parents=True)
@@ -210,8 +146,14 @@ def prepare_task(
         save_flac(work / rel, wave, PREPARED_RATE)
         digest = hashlib.sha1((work / rel).read_bytes()).hexdigest()
         rows.append(
-            Clip(rel, clip.label, clip.group, split_of[clip.group],
-                 round(len(wave) / PREPARED_RATE, 4), digest)
+            Clip(
+                rel,
+                clip.label,
+                clip.group,
+                clip.split or split_of[clip.group],
+                round(len(wave) / PREPARED_RATE, 4),
+                digest,
+            )
         )
     with open(work / MANIFEST, "w", newline="") as f:
         w = csv.writer(f)
@@ -222,9 +164,10 @@ def prepare_task(
         "task": name,
         "description": source.description,
         "sample_rate": PREPARED_RATE,
-        "packages": {p: _package_version(p) for p in source.packages},
+        "packages": {p: package_version(p) for p in source.packages},
         "clips": len(rows),
         "skipped": dict(skipped),
+        "split_by_clip": fine,
         "skipped_files": skipped_files,
         "manifest_sha1": hashlib.sha1((work / MANIFEST).read_bytes()).hexdigest(),
         "prepare_seconds": round(time.perf_counter() - t0, 2),

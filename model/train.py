@@ -99,7 +99,11 @@ def train(
         if step % tc.log_every == 0 or step == tc.steps - 1:
             pooled = tgt.mean(1)  # (B, D)
             rec = {
-                "step": step, "loss": value, "lr": lr, "momentum": m, "grad_norm": grad_norm,
+                "step": step,
+                "loss": value,
+                "lr": lr,
+                "momentum": m,
+                "grad_norm": grad_norm,
                 "target_std": float(pooled.std(0).mean()),
                 "target_rank": effective_rank(pooled),
             }

@@ -56,7 +56,9 @@ def _say(msg: str) -> None:
 def run(
     experiments: Experiments = Path("experiments.yaml"),
     output: Output = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials; run nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the trials; run nothing.")
+    ] = False,
     report: Annotated[bool, typer.Option(help="Render the reports when the study ends.")] = True,
 ) -> None:
     """Run every trial of a study that has not finished yet, then render its reports."""
@@ -74,8 +76,10 @@ def run(
         from orchestrator.runner import run_study
 
         summary = run_study(spec, _say)
-        _say(f"study {spec.study}: ran {summary.ran}, failed {summary.failed}, "
-             f"already finished {summary.skipped}, in {summary.seconds:.0f}s")
+        _say(
+            f"study {spec.study}: ran {summary.ran}, failed {summary.failed}, "
+            f"already finished {summary.skipped}, in {summary.seconds:.0f}s"
+        )
         if report:
             pages = _render(spec, [a.name for a in spec.axes])
             _say(f"report:  {pages[-1]}")
@@ -88,8 +92,9 @@ def _render(spec, axes: list[str]) -> list[Path]:  # noqa: ANN001
     from db.engine import make_engine
     from reports.study import render_reports
 
-    return render_reports(make_engine(spec.results_url), spec.study, axes,
-                          spec.output / "reports" / spec.study)
+    return render_reports(
+        make_engine(spec.results_url), spec.study, axes, spec.output / "reports" / spec.study
+    )
 
 
 @app.command()
@@ -105,10 +110,13 @@ def report(
 
     with user_errors():
         spec = load_spec(experiments, output)
-        if not Path(spec.results_url.removeprefix("sqlite:///")).exists() and \
-                spec.results_url.startswith("sqlite"):
-            raise AblError(f"{experiments}: study {spec.study} has no results yet; "
-                           f"run `abl run {experiments}` first")
+        if not Path(
+            spec.results_url.removeprefix("sqlite:///")
+        ).exists() and spec.results_url.startswith("sqlite"):
+            raise AblError(
+                f"{experiments}: study {spec.study} has no results yet; "
+                f"run `abl run {experiments}` first"
+            )
         axes = [spec.axis(axis).name] if axis else [a.name for a in spec.axes]
         for page in _render(spec, axes):
             _say(str(page))
@@ -119,7 +127,9 @@ def ui(
     experiments: Experiments = Path("experiments.yaml"),
     output: Output = None,
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
-    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback by default).")
+    ] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the study's tracking backend (127.0.0.1 unless --host)."""
     from orchestrator.spec import load_spec
@@ -164,7 +174,9 @@ def data_list(data: DataRoot = None) -> None:
                 continue
             counts = {s: len(t.split(s)) for s in ("train", "val", "test")}
             hours = sum(c.duration for c in t.clips) / 3600
-            _say(f"{name}: {len(t.classes)} classes, train {counts['train']} / val "
-                 f"{counts['val']} / test {counts['test']} clips, {hours:.2f} h; "
-                 f"{t.meta.get('description', '')}")
+            _say(
+                f"{name}: {len(t.classes)} classes, train {counts['train']} / val "
+                f"{counts['val']} / test {counts['test']} clips, {hours:.2f} h; "
+                f"{t.meta.get('description', '')}"
+            )
             _say(f"  classes: {', '.join(t.classes)}")

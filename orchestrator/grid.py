@@ -50,8 +50,9 @@ class TrialSpec:
 def expand(spec: StudySpec) -> list[TrialSpec]:
     """One-factor-at-a-time: the baseline, then each axis value that differs from it."""
     base_settings = {
-        a.name: setting_text(getattr(getattr(spec.baseline, a.path.split(".")[0]),
-                                     a.path.split(".")[1]))
+        a.name: setting_text(
+            getattr(getattr(spec.baseline, a.path.split(".")[0]), a.path.split(".")[1])
+        )
         for a in spec.axes
     }
     cells: list[tuple[str, str, dict[str, str], RecipeConfig]] = [
@@ -62,8 +63,9 @@ def expand(spec: StudySpec) -> list[TrialSpec]:
             recipe = with_value(spec.baseline, a.path, v)
             if recipe == spec.baseline:
                 continue
-            cells.append((a.name, setting_text(v), {**base_settings, a.name: setting_text(v)},
-                          recipe))
+            cells.append(
+                (a.name, setting_text(v), {**base_settings, a.name: setting_text(v)}, recipe)
+            )
     out: list[TrialSpec] = []
     seen: set[str] = set()
     for seed in spec.seeds:

@@ -28,8 +28,9 @@ class Claim:
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {
-        "pool_pre_ping": True}
+    kwargs = (
+        {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    )
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
@@ -37,7 +38,9 @@ class Ledger:
     def __init__(self, storage_url: str, study_name: str):
         self.storage = open_storage(storage_url)
         self.study = optuna.create_study(
-            study_name=study_name, storage=self.storage, load_if_exists=True,
+            study_name=study_name,
+            storage=self.storage,
+            load_if_exists=True,
             direction="maximize",
         )
 
@@ -62,8 +65,8 @@ class Ledger:
             if seen.count(TrialState.FAIL) >= max_attempts:
                 continue
             self.study.enqueue_trial(
-                dict(t.settings), user_attrs={"key": t.key, "seed": t.seed, "axis": t.axis,
-                                "setting": t.setting},
+                dict(t.settings),
+                user_attrs={"key": t.key, "seed": t.seed, "axis": t.axis, "setting": t.setting},
             )
             todo.append(t)
         return todo
@@ -79,8 +82,9 @@ class Ledger:
                 return Claim(t._trial_id, t.number, key)
         return None
 
-    def record_params(self, claim: Claim, settings: dict[str, str],
-                      choices: dict[str, list[str]]) -> None:
+    def record_params(
+        self, claim: Claim, settings: dict[str, str], choices: dict[str, list[str]]
+    ) -> None:
         """Axis values as categorical params, so Optuna's importance tools can read them."""
         trial = optuna.Trial(self.study, claim.trial_id)
         for axis in settings:

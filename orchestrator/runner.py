@@ -92,8 +92,9 @@ def score(
             fs = bank.features(task, split, recipe.frontend, limit)
             xs.append(features_of(fs))
             ys.append(list(fs.labels))
-        r = linear_probe(xs[0], ys[0], xs[1], ys[1], xs[2], ys[2],
-                         recipe.probe.c_grid, recipe.probe.seeds)
+        r = linear_probe(
+            xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], recipe.probe.c_grid, recipe.probe.seeds
+        )
         out.metrics[(task, "accuracy")] = r.accuracy
         out.metrics[(task, "macro_f1")] = r.macro_f1
     out.seconds = time.perf_counter() - t0
@@ -157,10 +158,15 @@ def open_study(spec: StudySpec) -> Study:
     engine = make_engine(spec.results_url)
     init_db(engine)
     spec_json = json.dumps(
-        {"study": spec.study, "design": spec.design, "seeds": list(spec.seeds),
-         "axes": [dataclasses.asdict(a) for a in spec.axes],
-         "baseline": dataclasses.asdict(spec.baseline)},
-        sort_keys=True, default=str,
+        {
+            "study": spec.study,
+            "design": spec.design,
+            "seeds": list(spec.seeds),
+            "axes": [dataclasses.asdict(a) for a in spec.axes],
+            "baseline": dataclasses.asdict(spec.baseline),
+        },
+        sort_keys=True,
+        default=str,
     )
     study_id = queries.ensure_study(engine, spec.study, spec_json)
     ledger = Ledger(spec.optuna_url, spec.study)
@@ -174,33 +180,57 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
     """Pretrain, probe and record one trial; returns True when it finished."""
     recipe = trial.recipe
     config = semantic_config(recipe)
-    tags = {"abl.role": "trial", "abl.study": st.spec.study, "abl.key": trial.key,
-            "abl.seed": str(trial.seed), "abl.axis": trial.axis, "abl.setting": trial.setting}
+    tags = {
+        "abl.role": "trial",
+        "abl.study": st.spec.study,
+        "abl.key": trial.key,
+        "abl.seed": str(trial.seed),
+        "abl.axis": trial.axis,
+        "abl.setting": trial.setting,
+    }
     tags.update({f"abl.axis.{k}": v for k, v in trial.settings.items()})
     run_id = st.tracker.start_run(trial.label, st.parent_run, tags, flatten(config))
     row = queries.start_trial(
-        st.engine, st.study_id, trial.key, trial.seed, trial.axis, trial.setting,
-        trial.settings, config, st.worker, claim.number if claim else None,
+        st.engine,
+        st.study_id,
+        trial.key,
+        trial.seed,
+        trial.axis,
+        trial.setting,
+        trial.settings,
+        config,
+        st.worker,
+        claim.number if claim else None,
     )
     if claim is not None:
         st.ledger.record_params(claim, trial.settings, st.choices())
     t0 = time.perf_counter()
     try:
-        sampler = CropSampler(st.bank.corpus(recipe), recipe.frontend.frames,
-                              st.bank.normalizer(recipe), seed=trial.seed)
+        sampler = CropSampler(
+            st.bank.corpus(recipe),
+            recipe.frontend.frames,
+            st.bank.normalizer(recipe),
+            seed=trial.seed,
+        )
         data_s = time.perf_counter() - t0
         model, result = train(recipe, sampler, trial.seed)
-        curves = [(k, v, int(rec["step"])) for rec in result.history
-                  for k, v in rec.items() if k != "step"]
+        curves = [
+            (k, v, int(rec["step"]))
+            for rec in result.history
+            for k, v in rec.items()
+            if k != "step"
+        ]
         st.tracker.log_metrics(run_id, curves)
         if result.failed:
             raise TrialFailed(result.failed)
         st.checkpoints.mkdir(parents=True, exist_ok=True)
         ckpt = st.checkpoints / f"{trial.key}.pt"
-        torch.save({"encoder": model.encoder.state_dict(),
-                    "config": dataclasses.asdict(recipe)}, ckpt)
-        scores = score(encoder_features(model.encoder, recipe, st.bank.normalizer(recipe)),
-                       recipe, st.bank)
+        torch.save(
+            {"encoder": model.encoder.state_dict(), "config": dataclasses.asdict(recipe)}, ckpt
+        )
+        scores = score(
+            encoder_features(model.encoder, recipe, st.bank.normalizer(recipe)), recipe, st.bank
+        )
     except TrialFailed as e:
         return _fail(st, trial, claim, run_id, row, str(e), time.perf_counter() - t0, log)
     except BaseException as e:
@@ -211,15 +241,18 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         raise
     wall = time.perf_counter() - t0
     metrics = dict(scores.metrics)
-    metrics.update({
-        ("train", "final_loss"): result.history[-1]["loss"],
-        ("train", "samples_per_s"): result.samples_per_s,
-        ("train", "train_s"): result.wall_s,
-        ("train", "probe_s"): scores.seconds,
-        ("train", "data_s"): data_s,
-    })
-    st.tracker.log_metrics(run_id, [(f"{t}.{m}", v, 0) for (t, m), v in metrics.items()]
-                           + [("wall_s", wall, 0)])
+    metrics.update(
+        {
+            ("train", "final_loss"): result.history[-1]["loss"],
+            ("train", "samples_per_s"): result.samples_per_s,
+            ("train", "train_s"): result.wall_s,
+            ("train", "probe_s"): scores.seconds,
+            ("train", "data_s"): data_s,
+        }
+    )
+    st.tracker.log_metrics(
+        run_id, [(f"{t}.{m}", v, 0) for (t, m), v in metrics.items()] + [("wall_s", wall, 0)]
+    )
     st.tracker.end_run(run_id, ok=True)
     queries.finish_trial(st.engine, row, metrics, wall, run_id)
     if claim is not None:
@@ -233,8 +266,16 @@ class TrialFailed(Exception):
     """A trial ended for a reason of its own (diverged); the study goes on."""
 
 
-def _fail(st: Study, trial: TrialSpec, claim: Claim | None, run_id: str, row: int,
-          reason: str, wall: float, log: Log) -> bool:
+def _fail(
+    st: Study,
+    trial: TrialSpec,
+    claim: Claim | None,
+    run_id: str,
+    row: int,
+    reason: str,
+    wall: float,
+    log: Log,
+) -> bool:
     st.tracker.set_tags(run_id, {"abl.error": reason[:500]})
     st.tracker.end_run(run_id, ok=False)
     queries.finish_trial(st.engine, row, {}, wall, run_id, error=reason)
@@ -248,8 +289,11 @@ def run_references(st: Study, log: Log) -> None:
     """Random-init encoder and log-mel statistics, once per study (per seed of the baseline)."""
     recipe = st.spec.baseline
     norm = st.bank.normalizer(recipe)
-    done = set(queries.results_frame(st.engine, st.spec.study).query(
-        "axis == 'reference' and status == 'done'")["key"])
+    done = set(
+        queries.results_frame(st.engine, st.spec.study).query(
+            "axis == 'reference' and status == 'done'"
+        )["key"]
+    )
     for seed in st.spec.seeds:
         for name in ("random-init", "logmel-stats"):
             key = "ref-" + trial_key(recipe, seed)[:12] + "-" + name
@@ -262,17 +306,33 @@ def run_references(st: Study, log: Log) -> None:
                 scores = score(encoder_features(enc, recipe, norm), recipe, st.bank)
             else:
                 scores = score(lambda fs: logmel_stats(fs, norm), recipe, st.bank)
-            tags = {"abl.role": "reference", "abl.study": st.spec.study, "abl.key": key,
-                    "abl.seed": str(seed), "abl.setting": name}
+            tags = {
+                "abl.role": "reference",
+                "abl.study": st.spec.study,
+                "abl.key": key,
+                "abl.seed": str(seed),
+                "abl.setting": name,
+            }
             run_id = st.tracker.start_run(f"reference={name} seed={seed}", st.parent_run, tags, {})
-            st.tracker.log_metrics(run_id, [(f"{t}.{m}", v, 0)
-                                            for (t, m), v in scores.metrics.items()])
+            st.tracker.log_metrics(
+                run_id, [(f"{t}.{m}", v, 0) for (t, m), v in scores.metrics.items()]
+            )
             st.tracker.end_run(run_id, ok=True)
-            row = queries.start_trial(st.engine, st.study_id, key, seed, "reference", name, {},
-                                      semantic_config(recipe), st.worker)
+            row = queries.start_trial(
+                st.engine,
+                st.study_id,
+                key,
+                seed,
+                "reference",
+                name,
+                {},
+                semantic_config(recipe),
+                st.worker,
+            )
             queries.finish_trial(st.engine, row, scores.metrics, time.perf_counter() - t0, run_id)
-            accs = ", ".join(f"{t} {v:.3f}" for (t, m), v in scores.metrics.items()
-                             if m == "accuracy")
+            accs = ", ".join(
+                f"{t} {v:.3f}" for (t, m), v in scores.metrics.items() if m == "accuracy"
+            )
             log(f"  reference {name} seed={seed}: accuracy {accs}")
 
 
@@ -290,8 +350,10 @@ def run_study(spec: StudySpec, log: Log = print) -> RunSummary:
     trials = expand(spec)
     st = open_study(spec)
     todo = st.ledger.sync(trials, spec.max_attempts)
-    log(f"study {spec.study}: {len(trials)} trials, {len(trials) - len(todo)} already finished, "
-        f"{len(todo)} to run")
+    log(
+        f"study {spec.study}: {len(trials)} trials, {len(trials) - len(todo)} already finished, "
+        f"{len(todo)} to run"
+    )
     run_references(st, log)
     by_key = {t.key: t for t in trials}
     ran = failed = 0
@@ -301,5 +363,4 @@ def run_study(spec: StudySpec, log: Log = print) -> RunSummary:
         ok = run_trial(st, trial, claim, log)
         ran += ok
         failed += not ok
-    return RunSummary(len(trials), ran, failed, len(trials) - len(todo),
-                      time.perf_counter() - t0)
+    return RunSummary(len(trials), ran, failed, len(trials) - len(todo), time.perf_counter() - t0)

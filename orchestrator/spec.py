@@ -74,7 +74,14 @@ class StudySpec:
 
 
 TOP_KEYS = {
-    "study", "output", "design", "seeds", "axes", "baseline", "storage", "max_attempts",
+    "study",
+    "output",
+    "design",
+    "seeds",
+    "axes",
+    "baseline",
+    "storage",
+    "max_attempts",
 }
 
 
@@ -100,7 +107,10 @@ def _coerce(value: Any, hint: Any, where: str, source: str) -> Any:
             return tuple(_coerce(v, item, f"{where}[{i}]", source) for i, v in enumerate(value))
         if len(value) != len(args):
             raise AblError(f"{source}: {where} must have {len(args)} items, got {value!r}")
-        return tuple(_coerce(v, a, f"{where}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return tuple(
+            _coerce(v, a, f"{where}[{i}]", source)
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if hint is bool:
         if not isinstance(value, bool):
             raise AblError(f"{source}: {where} must be true or false, got {value!r}")
@@ -194,10 +204,15 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         )
     if (fe.n_mels // pf) * (fe.frames // pt) < 2:
         raise bad("encoder.patch", "leaves fewer than 2 tokens; use smaller patches")
-    for key, width, heads in (("encoder", enc.width, enc.heads), ("predictor", pred.width, pred.heads)):
+    for key, width, heads in (
+        ("encoder", enc.width, enc.heads),
+        ("predictor", pred.width, pred.heads),
+    ):
         if width <= 0 or heads <= 0 or width % heads or (width // heads) % 2:
-            raise bad(f"{key}.width", f"= {width} must be divisible by {key}.heads = {heads} "
-                      "into an even head size")
+            raise bad(
+                f"{key}.width",
+                f"= {width} must be divisible by {key}.heads = {heads} into an even head size",
+            )
     if enc.depth < 1 or pred.depth < 1:
         raise bad("encoder.depth", "and predictor.depth must be at least 1")
     if enc.width % 4:
@@ -235,12 +250,16 @@ def _parse_axes(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Axis, ..
         elif isinstance(body, dict):
             unknown = set(body) - {"path", "values"}
             if unknown:
-                raise AblError(f"{source}: unknown key axes.{name}.{sorted(unknown)[0]}; "
-                               "an axis has `path` and `values`")
+                raise AblError(
+                    f"{source}: unknown key axes.{name}.{sorted(unknown)[0]}; "
+                    "an axis has `path` and `values`"
+                )
             path, values = body.get("path", name), body.get("values")
         else:
-            raise AblError(f"{source}: axes.{name} must be a list of values or "
-                           "{path: section.setting, values: [...]}")
+            raise AblError(
+                f"{source}: axes.{name} must be a list of values or "
+                "{path: section.setting, values: [...]}"
+            )
         if not isinstance(values, list) or not values:
             raise AblError(f"{source}: axes.{name}.values is empty; list at least one value")
         section, key = recipe_field(str(path), source)
@@ -251,7 +270,9 @@ def _parse_axes(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Axis, ..
         if any(a.path == path for a in axes) or any(a.name == name for a in axes):
             raise AblError(f"{source}: axis {name!r} ({path}) is given twice; merge them")
         for v in coerced:
-            validate_recipe(with_value(baseline, str(path), v), f"axes.{name} value {v!r}: ", source)
+            validate_recipe(
+                with_value(baseline, str(path), v), f"axes.{name} value {v!r}: ", source
+            )
         axes.append(Axis(name, str(path), coerced))
     return tuple(axes)
 
@@ -287,9 +308,12 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
     if design not in DESIGNS:
         raise AblError(f"{source}: design = {design!r}; use one of {', '.join(DESIGNS)}")
     seeds = raw.get("seeds", [0])
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-            or len(set(seeds)) != len(seeds)):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
         raise AblError(f"{source}: seeds must be a list of distinct non-negative integers")
     max_attempts = raw.get("max_attempts", 2)
     if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
@@ -306,6 +330,13 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
         # Relative outputs live beside the experiments file, wherever abl is started from.
         out_path = p.parent / out_path
     return StudySpec(
-        source=source, study=study, output=out_path, design=design, seeds=tuple(seeds),
-        axes=axes, baseline=baseline, storage=storage, max_attempts=max_attempts,
+        source=source,
+        study=study,
+        output=out_path,
+        design=design,
+        seeds=tuple(seeds),
+        axes=axes,
+        baseline=baseline,
+        storage=storage,
+        max_attempts=max_attempts,
     )

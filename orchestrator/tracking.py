@@ -39,10 +39,12 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def git_state() -> dict[str, str]:
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return {}
     return {"abl.git_commit": commit or "unknown", "abl.git_dirty": str(bool(dirty)).lower()}
@@ -93,8 +95,9 @@ class Tracker:
         )
         return run.info.run_id
 
-    def start_run(self, name: str, parent: str | None, tags: dict[str, str],
-                  params: dict[str, str]) -> str:
+    def start_run(
+        self, name: str, parent: str | None, tags: dict[str, str], params: dict[str, str]
+    ) -> str:
         all_tags = {**environment_tags(), **tags}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
@@ -122,8 +125,16 @@ class Tracker:
 
 def ui_command(tracking_uri: str, port: int, host: str = "127.0.0.1") -> list[str]:
     """The MLflow UI on loopback unless the user asks otherwise; an argument list, no shell."""
-    return ["mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host,
-            "--port", str(port)]
+    return [
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
 def env_without_secrets() -> dict[str, str]:

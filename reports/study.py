@@ -23,14 +23,14 @@ def axis_frame(df: pd.DataFrame, axis: str) -> pd.DataFrame:
     return out
 
 
-def render_reports(
-    engine: Engine, study: str, axes: list[str], out_dir: Path
-) -> list[Path]:
+def render_reports(engine: Engine, study: str, axes: list[str], out_dir: Path) -> list[Path]:
     """Write `<axis>.html` for each axis and `index.html` linking them; returns the paths."""
     df = results_frame(engine, study)
     pages = []
     for axis in axes:
-        pages.append(render_axis_report(axis_frame(df, axis), axis, study, out_dir / f"{axis}.html"))
+        pages.append(
+            render_axis_report(axis_frame(df, axis), axis, study, out_dir / f"{axis}.html")
+        )
     links = "\n".join(
         f'<li><a href="{html.escape(p.name)}">{html.escape(p.stem)}</a></li>' for p in pages
     )

@@ -24,12 +24,18 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
 
     # SQL results: one row per trial, done, with probe scores in range.
     db = sqlite3.connect(out / "results.db")
-    trials = db.execute("select key, axis, setting, status, mlflow_run_id from trials "
-                        "where axis != 'reference' order by id").fetchall()
+    trials = db.execute(
+        "select key, axis, setting, status, mlflow_run_id from trials "
+        "where axis != 'reference' order by id"
+    ).fetchall()
     assert [(a, s, st) for _, a, s, st, _ in trials] == [
-        ("baseline", "baseline", "done"), ("masking", "time", "done")]
-    accs = db.execute("select t.setting, m.value from metrics m join trials t on t.id = m.trial_id "
-                      "where m.task = 'env-sfx' and m.metric = 'accuracy'").fetchall()
+        ("baseline", "baseline", "done"),
+        ("masking", "time", "done"),
+    ]
+    accs = db.execute(
+        "select t.setting, m.value from metrics m join trials t on t.id = m.trial_id "
+        "where m.task = 'env-sfx' and m.metric = 'accuracy'"
+    ).fetchall()
     assert len(accs) == 4  # two trials + two references
     assert all(0.0 <= v <= 1.0 for _, v in accs)
     # Ten classes: a score far above chance would be suspicious at 3 steps; far below is a bug.
@@ -69,8 +75,13 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
     text = page.read_text()
     assert get_plotlyjs()[:2000] in text
     assert 'src="http' not in text
-    for word in ("unstructured (baseline)", "time", "random-init", "logmel-stats",
-                 trials[0][0][:10]):
+    for word in (
+        "unstructured (baseline)",
+        "time",
+        "random-init",
+        "logmel-stats",
+        trials[0][0][:10],
+    ):
         assert word in text
     base_acc = dict(accs)["baseline"]
     assert f"{base_acc:.4g}"[:4] in text  # the score itself is in the figure data

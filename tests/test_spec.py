@@ -1,0 +1,134 @@
+"""Experiments-file validation: one clear line naming the file, the key and the fix; exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from model.errors import AblError
+from orchestrator.cli import app
+from orchestrator.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def write(tmp_path: Path, mutate) -> Path:
+    spec = yaml.safe_load((ROOT / "experiments.yaml").read_text())
+    mutate(spec)
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def test_default_file_is_valid():
+    spec = load_spec(ROOT / "experiments.yaml")
+    assert spec.study == "masking-thin"
+    assert [a.name for a in spec.axes] == ["masking"]
+    assert spec.axis("mask.strategy").values == ("unstructured", "time")
+    assert spec.baseline.encoder.patch == (16, 16)
+    assert spec.output == ROOT / "abl-out"
+
+
+BAD = {
+    "unknown top key": (lambda s: s.update(studdy="x"), ["studdy", "did you mean 'study'"]),
+    "unknown recipe key": (
+        lambda s: s["baseline"]["mask"].update(ration=0.5),
+        ["baseline.mask.ration", "'ratio'"],
+    ),
+    "ratio out of range": (
+        lambda s: s["baseline"]["mask"].update(ratio=1.5),
+        ["mask.ratio", "(0, 1)"],
+    ),
+    "wrong type": (
+        lambda s: s["baseline"]["train"].update(steps="many"),
+        ["train.steps", "integer"],
+    ),
+    "patch does not tile": (
+        lambda s: s["baseline"]["encoder"].update(patch=[16, 15]),
+        ["encoder.patch", "tile"],
+    ),
+    "width not divisible": (
+        lambda s: s["baseline"]["encoder"].update(width=190),
+        ["encoder.width", "heads"],
+    ),
+    "unknown strategy in axis": (
+        lambda s: s["axes"]["masking"].update(values=["unstructured", "spiral"]),
+        ["axes.masking", "spiral"],
+    ),
+    "empty axis": (lambda s: s["axes"]["masking"].update(values=[]), ["axes.masking", "empty"]),
+    "duplicate values": (
+        lambda s: s["axes"]["masking"].update(values=["time", "time"]),
+        ["duplicates"],
+    ),
+    "unknown axis path": (
+        lambda s: s["axes"].update(x={"path": "mask.shape", "values": [1]}),
+        ["mask.shape"],
+    ),
+    "no axes": (lambda s: s.update(axes={}), ["axes"]),
+    "bad seeds": (lambda s: s.update(seeds=[0, 0]), ["seeds"]),
+    "bad study name": (lambda s: s.update(study="../escape"), ["study"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_files_name_the_key_and_exit_2(tmp_path, case):
+    mutate, words = BAD[case]
+    path = write(tmp_path, mutate)
+    with pytest.raises(AblError) as err:
+        load_spec(path)
+    msg = str(err.value)
+    assert str(path) in msg and "\n" not in msg
+    for w in words:
+        assert w in msg
+    result = runner.invoke(app, ["run", str(path), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("abl: error:")
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_yaml_syntax_error_gives_line(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("study: x\naxes: [unclosed\n")
+    with pytest.raises(AblError, match=r"broken.yaml: YAML syntax error at line \d+"):
+        load_spec(p)
+
+
+def test_yaml_tags_cannot_build_objects(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("study: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(AblError, match="YAML"):
+        load_spec(p)
+
+
+def test_missing_file(tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "no such experiments file" in result.output
+
+
+def test_dry_run_lists_trials_and_writes_nothing(tmp_path):
+    path = write(tmp_path, lambda s: s.update(seeds=[0, 1]))
+    result = runner.invoke(app, ["run", str(path), "--dry-run", "--output", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "4 trials" in result.output
+    assert result.output.count("masking=time") == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_command_explains_itself():
+    for args in (
+        ["--help"],
+        ["run", "--help"],
+        ["report", "--help"],
+        ["ui", "--help"],
+        ["data", "--help"],
+        ["data", "prepare", "--help"],
+        ["data", "list", "--help"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0
+        assert "Usage" in result.output
