@@ -74,10 +74,14 @@ class ProbeResult:
 
 
 def linear_probe(
-    x_train: np.ndarray, y_train: list[str],
-    x_val: np.ndarray, y_val: list[str],
-    x_test: np.ndarray, y_test: list[str],
-    c_grid: tuple[float, ...], seeds: tuple[int, ...] = (0,),
+    x_train: np.ndarray,
+    y_train: list[str],
+    x_val: np.ndarray,
+    y_val: list[str],
+    x_test: np.ndarray,
+    y_test: list[str],
+    c_grid: tuple[float, ...],
+    seeds: tuple[int, ...] = (0,),
 ) -> ProbeResult:
     """Test accuracy and macro-F1, averaged over probe seeds."""
     t0 = time.perf_counter()
@@ -97,6 +101,8 @@ def linear_probe(
         f1s.append(f1_score(y_test, pred, average="macro"))
         cs.append(best_c)
     return ProbeResult(
-        float(np.mean(accs)), float(np.mean(f1s)), float(np.median(cs)),
+        float(np.mean(accs)),
+        float(np.mean(f1s)),
+        float(np.median(cs)),
         time.perf_counter() - t0,
     )

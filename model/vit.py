@@ -113,4 +113,6 @@ def param_count(m: nn.Module) -> int:
 def flops_per_token(cfg: EncoderConfig) -> float:
     """Approximate forward multiply-adds x2 per token of one transformer block stack."""
     d = cfg.width
-    return 2 * cfg.depth * (4 * d * d + 2 * d * int(d * cfg.mlp_ratio)) + math.prod(cfg.patch) * d * 2
+    return (
+        2 * cfg.depth * (4 * d * d + 2 * d * int(d * cfg.mlp_ratio)) + math.prod(cfg.patch) * d * 2
+    )
