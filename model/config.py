@@ -25,12 +25,23 @@ class FrontendConfig:
 
 
 @dataclass(frozen=True)
+class TaskDef:
+    """A user's own labelled data set: `data.tasks.<name>: {format: esc50, root: /data/...}`."""
+
+    name: str
+    format: str  # a layout of model.byo.FORMATS
+    root: str
+    options: str = "{}"  # the loader's extra options, as JSON (hashable, part of the trial key)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where prepared audio lives and which slice of it a study uses."""
 
     cache: str | None = None  # None: $ABL_DATA or the user's cache folder
     corpus: tuple[str, ...] = ("env-sfx",)  # tasks whose train split is pretraining audio
     max_clips_per_class: int | None = None  # a small slice for quick runs and tests
+    tasks: tuple[TaskDef, ...] = ()  # bring-your-own data sets, usable as probe or corpus tasks
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.audio import AudioError, is_silent, load_audio, save_flac
+from model.byo import byo_source
+from model.config import TaskDef
 from model.errors import AblError
 from model.sources import TASKS, RawClip, TaskSource, package_version
 from model.splits import assign_splits
@@ -80,14 +82,22 @@ class PreparedTask:
         return self.root / clip.file
 
 
-def task_source(name: str) -> TaskSource:
+def task_source(name: str, custom: tuple[TaskDef, ...] = ()) -> TaskSource:
+    """A built-in task, or one of the user's own (`data.tasks` of the experiments file)."""
+    for t in custom:
+        if t.name == name:
+            return byo_source(t.format, t.name, t.root, **json.loads(t.options))
     if name not in TASKS:
-        raise AblError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+        known = sorted([*TASKS, *(t.name for t in custom)])
+        raise AblError(
+            f"unknown task {name!r}; known tasks: {', '.join(known)} "
+            "(declare your own under data.tasks in the experiments file)"
+        )
     return TASKS[name]
 
 
-def load_task(name: str, data_root: Path) -> PreparedTask:
-    task_source(name)
+def load_task(name: str, data_root: Path, custom: tuple[TaskDef, ...] = ()) -> PreparedTask:
+    task_source(name, custom)
     root = data_root / "tasks" / name
     if not (root / META).is_file():
         raise AblError(
@@ -103,13 +113,17 @@ def load_task(name: str, data_root: Path) -> PreparedTask:
 
 
 def prepare_task(
-    name: str, data_root: Path, force: bool = False, log: Callable[[str], None] = print
+    name: str,
+    data_root: Path,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    custom: tuple[TaskDef, ...] = (),
 ) -> PreparedTask:
     """Decode, split and store one task; a second call returns the prepared task at once."""
-    source = task_source(name)
+    source = task_source(name, custom)
     final = data_root / "tasks" / name
     if (final / META).is_file() and not force:
-        return load_task(name, data_root)
+        return load_task(name, data_root, custom)
     t0 = time.perf_counter()
     raw = source.clips()
     if not raw:
@@ -141,7 +155,7 @@ def prepare_task(
             skipped["silent"] += 1
             skipped_files.append({"clip": clip.name, "reason": "silent"})
             continue
-        wave = wave[: int(MAX_SECONDS * PREPARED_RATE)]
+        wave = wave[: int(getattr(source, "max_seconds", MAX_SECONDS) * PREPARED_RATE)]
         rel = "audio/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", clip.name.rsplit(".", 1)[0]) + ".flac"
         save_flac(work / rel, wave, PREPARED_RATE)
         digest = hashlib.sha1((work / rel).read_bytes()).hexdigest()
@@ -178,7 +192,7 @@ def prepare_task(
     os.replace(work, final)
     if skipped:
         log(f"{name}: skipped {sum(skipped.values())} clips ({dict(skipped)}); see {final / META}")
-    return load_task(name, data_root)
+    return load_task(name, data_root, custom)
 
 
 def _progress(items: list[RawClip], log: Callable[[str], None], name: str) -> Iterator[RawClip]:

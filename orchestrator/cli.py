@@ -143,32 +143,58 @@ def ui(
     raise typer.Exit(subprocess.call(cmd, env=dict(os.environ)))
 
 
+ExperimentsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--experiments",
+        "-e",
+        help="Experiments file whose data.tasks (your own data sets) and data.cache to use; "
+        "default: ./experiments.yaml when present.",
+    ),
+]
+
+
+def _data_context(data: Path | None, experiments: Path | None):  # noqa: ANN202
+    """(data root, user task definitions) from the options and the experiments file."""
+    from model.datasets import resolve_data_root
+    from orchestrator.spec import load_spec
+
+    if experiments is None and Path("experiments.yaml").is_file():
+        experiments = Path("experiments.yaml")
+    custom, cache = (), None
+    if experiments is not None:
+        spec = load_spec(experiments)
+        custom, cache = spec.baseline.data.tasks, spec.baseline.data.cache
+    return resolve_data_root(str(data) if data else cache), custom
+
+
 @data_app.command("prepare")
 def data_prepare(
     task: Annotated[list[str] | None, typer.Option(help="Prepare only this task.")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even when prepared.")] = False,
     data: DataRoot = None,
+    experiments: ExperimentsOpt = None,
 ) -> None:
     """Decode, split and cache the real-audio tasks (idempotent; seconds when done)."""
-    from model.datasets import TASKS, prepare_task, resolve_data_root
+    from model.datasets import TASKS, prepare_task
 
     with user_errors():
-        root = resolve_data_root(str(data) if data else None)
-        for name in task or sorted(TASKS):
-            t = prepare_task(name, root, force=force, log=_say)
+        root, custom = _data_context(data, experiments)
+        for name in task or [*sorted(TASKS), *(t.name for t in custom)]:
+            t = prepare_task(name, root, force=force, log=_say, custom=custom)
             _say(f"{name}: {len(t.clips)} clips ready in {t.root}")
 
 
 @data_app.command("list")
-def data_list(data: DataRoot = None) -> None:
+def data_list(data: DataRoot = None, experiments: ExperimentsOpt = None) -> None:
     """Each task with its classes, clip counts per split and total duration."""
-    from model.datasets import TASKS, load_task, resolve_data_root
+    from model.datasets import TASKS, load_task
 
     with user_errors():
-        root = resolve_data_root(str(data) if data else None)
-        for name in sorted(TASKS):
+        root, custom = _data_context(data, experiments)
+        for name in [*sorted(TASKS), *(t.name for t in custom)]:
             try:
-                t = load_task(name, root)
+                t = load_task(name, root, custom)
             except AblError:
                 _say(f"{name}: not prepared (run `abl data prepare --task {name}`)")
                 continue

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from db import queries
 from db.engine import init_db, make_engine
-from model.config import FrontendConfig, RecipeConfig
+from model.config import FrontendConfig, RecipeConfig, TaskDef
 from model.datasets import PreparedTask, load_task, resolve_data_root
 from model.errors import AblError
 from model.features import CropSampler, FeatureSet, Normalizer, corpus_normalizer, load_features
@@ -36,15 +36,16 @@ Log = Callable[[str], None]
 class DataBank:
     """Prepared tasks, features and normalisers, loaded once per process."""
 
-    def __init__(self, data_root: Path):
+    def __init__(self, data_root: Path, custom: tuple[TaskDef, ...] = ()):
         self.root = data_root
+        self.custom = custom
         self._tasks: dict[str, PreparedTask] = {}
         self._features: dict[tuple, FeatureSet] = {}
         self._norms: dict[tuple, Normalizer] = {}
 
     def task(self, name: str) -> PreparedTask:
         if name not in self._tasks:
-            self._tasks[name] = load_task(name, self.root)
+            self._tasks[name] = load_task(name, self.root, self.custom)
         return self._tasks[name]
 
     def features(self, name: str, split: str, fe: FrontendConfig, limit: int | None) -> FeatureSet:
@@ -172,7 +173,7 @@ def open_study(spec: StudySpec) -> Study:
     ledger = Ledger(spec.optuna_url, spec.study)
     tracker = Tracker(spec.mlflow_uri, spec.study, spec.output / "mlartifacts")
     parent = tracker.study_run(spec.study)
-    bank = DataBank(resolve_data_root(spec.baseline.data.cache))
+    bank = DataBank(resolve_data_root(spec.baseline.data.cache), spec.baseline.data.tasks)
     return Study(spec, engine, ledger, tracker, study_id, parent, bank)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import re
 import types
 import typing
@@ -17,14 +18,17 @@ from typing import Any
 
 import yaml
 
-from model.config import RecipeConfig
+from model.byo import byo_source
+from model.config import DataConfig, RecipeConfig, TaskDef
 from model.errors import AblError
 from model.masks import MASKERS
+from model.sources import TASKS
 
 DESIGNS = ("ofat",)
 TARGET_NORMS = ("none", "layer")
 LOSSES = ("l2", "smooth_l1", "cosine")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -143,11 +147,46 @@ def build_dataclass(cls: type, data: Any, where: str, source: str) -> Any:
         if key not in known:
             raise AblError(f"{source}: unknown key {where}.{key}; {_suggest(str(key), known)}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if cls is DataConfig and key == "tasks":
+            kwargs[key] = _parse_task_defs(value, f"{where}.{key}", source)
+        elif dataclasses.is_dataclass(hint):
             kwargs[key] = build_dataclass(hint, value, f"{where}.{key}", source)
         else:
             kwargs[key] = _coerce(value, hint, f"{where}.{key}", source)
     return cls(**kwargs)
+
+
+def _parse_task_defs(raw: Any, where: str, source: str) -> tuple[TaskDef, ...]:
+    """`{name: {format: esc50, root: /data/ESC-50-master, test_fold: 5}}` -> TaskDefs."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise AblError(f"{source}: {where} must map task names to {{format: ..., root: ...}}")
+    base = Path(source).parent
+    out = []
+    for name, body in raw.items():
+        name = str(name)
+        if not TASK_NAME.match(name):
+            raise AblError(f"{source}: {where}.{name}: a task name is letters, digits, '-', '_'")
+        if name in TASKS:
+            raise AblError(f"{source}: {where}.{name} is a built-in task; choose another name")
+        if not isinstance(body, dict) or "format" not in body or "root" not in body:
+            raise AblError(
+                f"{source}: {where}.{name} needs `format` and `root`, e.g. "
+                "{format: esc50, root: /data/ESC-50-master}"
+            )
+        options = {k: v for k, v in body.items() if k not in ("format", "root")}
+        root = Path(str(body["root"])).expanduser()
+        if not root.is_absolute():
+            root = base / root  # relative to the experiments file, like `output`
+        try:
+            byo_source(str(body["format"]), name, root, **options)
+        except AblError as e:
+            raise AblError(f"{source}: {e}") from None
+        out.append(
+            TaskDef(name, str(body["format"]), str(root), json.dumps(options, sort_keys=True))
+        )
+    return tuple(out)
 
 
 def recipe_field(path: str, source: str) -> tuple[type, str]:
@@ -228,6 +267,15 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("train.warmup_steps", "must be >= 0 and train.log_every >= 1")
     if not r.probe.tasks:
         raise bad("probe.tasks", "is empty; list at least one task, e.g. [env-sfx]")
+    known_tasks = {*TASKS, *(t.name for t in r.data.tasks)}
+    for key, names in (("probe.tasks", r.probe.tasks), ("data.corpus", r.data.corpus)):
+        for n in names:
+            if n not in known_tasks and not n.startswith("corpus-"):
+                raise bad(
+                    key,
+                    f"names unknown task {n!r}; {_suggest(n, known_tasks)} "
+                    "(declare your own under data.tasks)",
+                )
     if not r.data.corpus:
         raise bad("data.corpus", "is empty; list at least one task, e.g. [env-sfx]")
     if any(c <= 0 for c in r.probe.c_grid) or not r.probe.c_grid:

@@ -525,3 +525,35 @@ def test_prepare_task_esc50_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
         assert clip.file.endswith(".flac") and task.path(clip).is_file()
     assert Counter(c.split for c in task.clips) == {"train": 9, "val": 3, "test": 3}
     assert task.classes == ["dog", "rain", "rooster"]
+
+
+def test_experiments_file_declares_own_task_and_cli_prepares_it(tmp_path: Path) -> None:
+    """`data.tasks` in the experiments file -> `abl data prepare --task` -> a usable task."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.spec import load_spec
+
+    root = make_esc50(tmp_path / "ESC-50-master")
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments.yaml").read_text())
+    spec["baseline"]["data"]["tasks"] = {"my-esc": {"format": "esc50", "root": "ESC-50-master"}}
+    spec["baseline"]["probe"]["tasks"] = ["my-esc"]
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(spec))
+    loaded = load_spec(exp)
+    (task_def,) = loaded.baseline.data.tasks
+    assert task_def.format == "esc50" and Path(task_def.root) == root  # relative to the file
+
+    data = tmp_path / "data"
+    result = CliRunner().invoke(
+        app, ["data", "prepare", "--task", "my-esc", "-e", str(exp), "--data", str(data)]
+    )
+    assert result.exit_code == 0, result.output
+    listed = CliRunner().invoke(app, ["data", "list", "-e", str(exp), "--data", str(data)])
+    assert "my-esc:" in listed.output and "not prepared" not in listed.output.split("my-esc:")[1]
+
+    spec["baseline"]["data"]["tasks"]["my-esc"]["format"] = "esc-fifty"
+    exp.write_text(yaml.safe_dump(spec))
+    with pytest.raises(AblError, match=r"exp.yaml: data.tasks.my-esc.format"):
+        load_spec(exp)
