@@ -1,0 +1,111 @@
+"""Preparation of tasks: bad audio is skipped and counted, interruption leaves nothing that looks
+complete, a second call is cheap, and the feature cache is shared."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from model.config import FrontendConfig, TaskDef
+from model.datasets import META, load_task, prepare_task
+from model.errors import AblError
+from model.features import load_features
+
+
+def tone(path: Path, freq: float, seconds: float = 0.5, rate: int = 16000, channels: int = 1):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * freq * t)
+    sf.write(path, np.stack([wave] * channels, 1) if channels > 1 else wave, rate)
+
+
+def folder_task(root: Path) -> tuple[TaskDef, ...]:
+    """Three classes of good clips plus every kind of bad file, laid out a folder per class."""
+    for label, freq in (("low", 200.0), ("mid", 800.0), ("high", 3000.0)):
+        for i in range(6):
+            tone(root / label / f"take{label}{i}_1.wav", freq * (1 + i / 20))
+    tone(root / "low" / "stereo_1.wav", 210.0, channels=2)  # multi-channel: downmixed
+    tone(root / "mid" / "odd_rate_1.wav", 820.0, rate=11025)  # odd rate: resampled
+    tone(root / "high" / "long_1.wav", 2900.0, seconds=40.0, rate=8000)  # long: cut to 30 s
+    (root / "low" / "empty_1.wav").write_bytes(b"")
+    (root / "mid" / "notaudio_1.wav").write_text("this is not audio")
+    good = root / "high" / "takehigh0_1.wav"
+    (root / "high" / "truncated_1.flac").write_bytes(b"fLaC" + good.read_bytes()[100:400])
+    sf.write(root / "low" / "silent_1.wav", np.zeros(8000), 16000)
+    return (TaskDef("mine", "folder", str(root)),)
+
+
+def test_bad_audio_is_skipped_counted_and_recorded(tmp_path):
+    custom = folder_task(tmp_path / "src")
+    task = prepare_task("mine", tmp_path / "data", log=lambda _m: None, custom=custom)
+    assert len(task.clips) == 18 + 3
+    assert task.meta["skipped"] == {"unreadable": 3, "silent": 1}
+    reasons = {Path(s["clip"]).name: s["reason"] for s in task.meta["skipped_files"]}
+    assert set(reasons) == {"empty_1.wav", "notaudio_1.wav", "truncated_1.flac", "silent_1.wav"}
+    long = next(c for c in task.clips if "long" in c.file)
+    assert long.duration == pytest.approx(30.0)
+    assert {c.split for c in task.clips} == {"train", "val", "test"}
+
+
+def test_second_prepare_is_cheap_and_interrupted_one_is_not_complete(tmp_path, monkeypatch):
+    custom = folder_task(tmp_path / "src")
+    data = tmp_path / "data"
+    prepare_task("mine", data, log=lambda _m: None, custom=custom)
+    t0 = time.perf_counter()
+    again = prepare_task("mine", data, log=lambda _m: None, custom=custom)
+    assert time.perf_counter() - t0 < 2.0  # loads the manifest, decodes nothing
+    assert len(again.clips) == 21
+
+    # Interrupt a forced rebuild half-way: the old task stays intact, no partial task appears.
+    import model.datasets as ds
+
+    calls = {"n": 0}
+    real_save = ds.save_flac
+
+    def dying_save(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(ds, "save_flac", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_task("mine", data, force=True, log=lambda _m: None, custom=custom)
+    assert load_task("mine", data, custom).meta["clips"] == 21
+    assert [p.name for p in (data / "tasks").iterdir() if (p / META).is_file()] == ["mine"]
+
+
+def test_missing_folder_and_unknown_task_are_clear_errors(tmp_path):
+    with pytest.raises(AblError, match="no-such-task"):
+        prepare_task("no-such-task", tmp_path, log=lambda _m: None)
+    missing = (TaskDef("gone", "folder", str(tmp_path / "nowhere")),)
+    with pytest.raises(AblError, match="nowhere"):
+        prepare_task("gone", tmp_path, log=lambda _m: None, custom=missing)
+    with pytest.raises(AblError, match="abl data prepare --task env-sfx"):
+        load_task("env-sfx", tmp_path / "empty-cache")
+
+
+def test_feature_cache_is_computed_once_and_shared(tmp_path, env_sfx, data_root):
+    fe = FrontendConfig()
+    clips = env_sfx.split("val", 2)
+    scratch = tmp_path / "cache"
+    t0 = time.perf_counter()
+    first = load_features(env_sfx, clips, fe, scratch)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    second = load_features(env_sfx, clips, fe, scratch)
+    warm = time.perf_counter() - t0
+    assert first.key == second.key and len(first) == len(clips)
+    np.testing.assert_array_equal(first.clip(0), second.clip(0))
+    assert warm < cold
+    assert isinstance(second.frames, np.memmap)  # mapped, not loaded
+    # Other frontend settings are other features.
+    other = load_features(env_sfx, clips, FrontendConfig(n_mels=64), scratch)
+    assert other.key != first.key and other.clip(0).shape[0] == 64
+    index = json.loads((scratch / "features" / f"env-sfx-{first.key}" / "index.json").read_text())
+    assert index["labels"] == [c.label for c in clips]
