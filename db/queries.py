@@ -112,3 +112,35 @@ def results_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
 def study_names(engine: Engine) -> list[str]:
     with engine.connect() as conn:
         return list(conn.execute(select(Study.name).order_by(Study.id)).scalars())
+
+
+def export_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
+    """The stable export: one row per trial and metric, columns RESULT_COLUMNS first."""
+    df = results_frame(engine, study)
+    extra = [c for c in ("error", "wall_s") if c in df.columns]
+    return df[[*RESULT_COLUMNS, *extra]]
+
+
+def status_counts(engine: Engine, study: str) -> dict[str, int]:
+    """Trials by status (done / running / failed) of a study, references excluded."""
+    stmt = (
+        select(Trial.status, Trial.wall_s)
+        .join(Study, Trial.study_id == Study.id)
+        .where(Study.name == study, Trial.axis != "reference")
+    )
+    counts: dict[str, int] = {"done": 0, "running": 0, "failed": 0}
+    with engine.connect() as conn:
+        for status, _ in conn.execute(stmt):
+            counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def mean_trial_seconds(engine: Engine, study: str) -> float | None:
+    stmt = (
+        select(Trial.wall_s)
+        .join(Study, Trial.study_id == Study.id)
+        .where(Study.name == study, Trial.status == "done", Trial.axis != "reference")
+    )
+    with engine.connect() as conn:
+        walls = [w for (w,) in conn.execute(stmt) if w is not None]
+    return sum(walls) / len(walls) if walls else None

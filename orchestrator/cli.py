@@ -123,6 +123,55 @@ def report(
 
 
 @app.command()
+def status(experiments: Experiments = Path("experiments.yaml"), output: Output = None) -> None:
+    """Done / running / failed / pending trials of the study, with an ETA."""
+    from db import queries
+    from db.engine import init_db, make_engine
+    from orchestrator.grid import expand
+    from orchestrator.spec import load_spec
+
+    with user_errors():
+        spec = load_spec(experiments, output)
+        engine = make_engine(spec.results_url)
+        init_db(engine)
+        counts = queries.status_counts(engine, spec.study)
+        total = len(expand(spec))
+        pending = max(0, total - counts["done"] - counts["running"])
+        mean = queries.mean_trial_seconds(engine, spec.study)
+        eta = f", ETA {pending * mean / 60:.0f} min at {mean:.0f}s a trial" if mean else ""
+        _say(
+            f"study {spec.study}: {total} trials: {counts['done']} done, {counts['running']} "
+            f"running, {counts['failed']} failed, {pending} pending{eta}"
+        )
+
+
+@app.command()
+def export(
+    experiments: Experiments = Path("experiments.yaml"),
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    out: Annotated[Path | None, typer.Option("--out", help="File to write.")] = None,
+    output: Output = None,
+) -> None:
+    """Write the results, one row per trial and metric: study, key, seed, axis, setting,
+    status, task, metric, value (stable column names)."""
+    from db import queries
+    from db.engine import init_db, make_engine
+    from orchestrator.spec import load_spec
+
+    with user_errors():
+        if fmt not in ("csv", "parquet"):
+            raise AblError(f"--format {fmt!r}: use csv or parquet")
+        spec = load_spec(experiments, output)
+        engine = make_engine(spec.results_url)
+        init_db(engine)
+        df = queries.export_frame(engine, spec.study)
+        target = out or spec.output / f"{spec.study}-results.{fmt}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(target, index=False) if fmt == "csv" else df.to_parquet(target, index=False)
+        _say(f"{len(df)} rows -> {target}")
+
+
+@app.command()
 def ui(
     experiments: Experiments = Path("experiments.yaml"),
     output: Output = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from plotly.offline import get_plotlyjs
 from typer.testing import CliRunner
@@ -85,3 +86,26 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
         assert word in text
     base_acc = dict(accs)["baseline"]
     assert f"{base_acc:.4g}"[:4] in text  # the score itself is in the figure data
+
+    # Status and the stable export read the same rows.
+    st = runner.invoke(app, ["status", str(exp)])
+    assert st.exit_code == 0 and "2 trials: 2 done, 0 running, 0 failed, 0 pending" in st.output
+    csv_path = tmp_path / "results.csv"
+    ex = runner.invoke(app, ["export", str(exp), "--out", str(csv_path)])
+    assert ex.exit_code == 0, ex.output
+    import pandas as pd
+
+    table = pd.read_csv(csv_path)
+    assert list(table.columns[:9]) == [
+        "study",
+        "key",
+        "seed",
+        "axis",
+        "setting",
+        "status",
+        "task",
+        "metric",
+        "value",
+    ]
+    got = table.query("metric == 'accuracy' and task == 'env-sfx'").set_index("setting")["value"]
+    assert got.to_dict() == pytest.approx(dict(accs))
