@@ -45,10 +45,6 @@ def main() -> None:
     ap.add_argument("--out", help="append a JSON record of the run to this file")
     args = ap.parse_args()
 
-    from model.corpus import ZeroADLongform
-    from model.sources import TASKS
-
-    TASKS.setdefault("corpus-0ad", ZeroADLongform())
     recipe = load_spec(args.experiments).baseline
     for s in args.sets:
         recipe = override(recipe, s)

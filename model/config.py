@@ -68,7 +68,7 @@ class MaskConfig:
 
 @dataclass(frozen=True)
 class TargetConfig:
-    norm: str = "layer"  # none | layer
+    norm: str = "layer"  # none | layer | instance | batch
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ class ZeroADLongform:
     packages = ("0ad-data",)
     archive = Path("/usr/share/games/0ad/mods/public/public.zip")
     max_seconds = 600.0
+    unlabelled = True  # pretraining audio only: never a probe task
     prefixes = {"music": "audio/music/", "ambient": "audio/ambient/"}
 
     def clips(self) -> list[RawClip]:

@@ -40,8 +40,22 @@ class Predictor(nn.Module):
 
 
 def normalise_targets(h: torch.Tensor, cfg: TargetConfig) -> torch.Tensor:
+    """h (B, N, D) -> normalised targets.
+
+    `layer` standardises each token over its channels (Riou et al.); it leaves a component
+    shared by all tokens in place, so a target encoder drifting towards one vector for every
+    token makes the task trivially easy. `instance` standardises each channel over the tokens
+    of a clip (data2vec), removing that shared component; `batch` over the tokens of the batch.
+    """
     if cfg.norm == "layer":
         return F.layer_norm(h, h.shape[-1:])
+    if cfg.norm == "instance":
+        mean, var = h.mean(1, keepdim=True), h.var(1, keepdim=True, unbiased=False)
+        return (h - mean) / torch.sqrt(var + 1e-6)
+    if cfg.norm == "batch":
+        mean = h.mean((0, 1), keepdim=True)
+        var = h.var((0, 1), keepdim=True, unbiased=False)
+        return (h - mean) / torch.sqrt(var + 1e-6)
     if cfg.norm == "none":
         return h
     raise ValueError(f"unknown target norm {cfg.norm!r}")

@@ -467,7 +467,10 @@ def _run_stdout(args: list[str]) -> bytes:
     return subprocess.run(args, capture_output=True, check=True, timeout=60).stdout
 
 
+from model.corpus import ZeroADLongform  # noqa: E402  (corpus.py imports RawClip from here)
+
 TASKS: dict[str, TaskSource] = {
+    "corpus-0ad": ZeroADLongform(),
     "env-sfx": ZeroADEffects(),
     "music-family": SoundFontNotes(),
     "speech-speaker": FilletsSpeakers(),

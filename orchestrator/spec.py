@@ -25,7 +25,7 @@ from model.masks import MASKERS
 from model.sources import TASKS
 
 DESIGNS = ("ofat",)
-TARGET_NORMS = ("none", "layer")
+TARGET_NORMS = ("none", "layer", "instance", "batch")
 LOSSES = ("l2", "smooth_l1", "cosine")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
@@ -270,12 +270,18 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
     known_tasks = {*TASKS, *(t.name for t in r.data.tasks)}
     for key, names in (("probe.tasks", r.probe.tasks), ("data.corpus", r.data.corpus)):
         for n in names:
-            if n not in known_tasks and not n.startswith("corpus-"):
+            if n not in known_tasks:
                 raise bad(
                     key,
                     f"names unknown task {n!r}; {_suggest(n, known_tasks)} "
                     "(declare your own under data.tasks)",
                 )
+    for n in r.probe.tasks:
+        if getattr(TASKS.get(n), "unlabelled", False):
+            raise bad(
+                "probe.tasks",
+                f"lists {n!r}, unlabelled pretraining audio; probe labelled tasks only",
+            )
     if not r.data.corpus:
         raise bad("data.corpus", "is empty; list at least one task, e.g. [env-sfx]")
     if any(c <= 0 for c in r.probe.c_grid) or not r.probe.c_grid:

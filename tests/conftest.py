@@ -37,6 +37,8 @@ def _tiny_experiments(tmp_path: Path, **overrides) -> Path:
     spec["output"] = str(tmp_path / "out")
     b = spec["baseline"]
     b["data"]["max_clips_per_class"] = 4
+    b["data"]["corpus"] = ["env-sfx"]
+    b["probe"]["tasks"] = ["env-sfx"]
     b["encoder"].update(depth=1, width=32, heads=2)
     b["predictor"].update(depth=1, width=16, heads=2)
     b["train"].update(steps=3, batch_size=4, warmup_steps=1, log_every=1)
