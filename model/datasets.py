@@ -201,3 +201,21 @@ def _progress(items: list[RawClip], log: Callable[[str], None], name: str) -> It
         if i % step == 0:
             log(f"{name}: preparing {i}/{len(items)}")
         yield item
+
+
+def write_corpus_manifest(
+    tasks: list[PreparedTask], path: Path, max_per_class: int | None = None
+) -> float:
+    """List the pretraining audio (train splits only) as path, source, duration, sha1; returns
+    its hours. Written atomically: a reader never sees half a manifest."""
+    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
+    seconds = 0.0
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "source", "duration", "sha1"])
+        for t in tasks:
+            for c in t.split("train", max_per_class):
+                w.writerow([str(t.path(c)), t.name, c.duration, c.sha1])
+                seconds += c.duration
+    os.replace(tmp, path)
+    return seconds / 3600

@@ -34,6 +34,7 @@ class FeatureSet:
     labels: tuple[str, ...]
     files: tuple[str, ...]
     key: str
+    folder: Path
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -64,7 +65,7 @@ def load_features(
     offsets = np.load(folder / "offsets.npy")
     n_frames = int(offsets[-1])
     frames = np.memmap(folder / "frames.f16", np.float16, "r", shape=(n_frames, cfg.n_mels))
-    return FeatureSet(frames, offsets, tuple(index["labels"]), tuple(index["files"]), key)
+    return FeatureSet(frames, offsets, tuple(index["labels"]), tuple(index["files"]), key, folder)
 
 
 def _build(task: PreparedTask, clips: list[Clip], cfg: FrontendConfig, folder: Path) -> None:
@@ -102,14 +103,32 @@ class Normalizer:
         return (x - self.mean) / self.std
 
 
+def _moments(s: FeatureSet) -> tuple[float, float, int]:
+    """(sum, sum of squares, count) of a feature set, cached beside its frames: reading hours
+    of frames again in every trial would cost seconds."""
+    path = s.folder / "moments.json"
+    if path.is_file():
+        m = json.loads(path.read_text())
+        return m["sum"], m["sumsq"], m["n"]
+    total, sq = 0.0, 0.0
+    step = 1 << 20
+    for i in range(0, s.frames.shape[0], step):
+        f = np.asarray(s.frames[i : i + step], np.float64)
+        total += float(f.sum())
+        sq += float(np.square(f).sum())
+    n = int(s.frames.size)
+    tmp = path.with_name(f"moments.json.partial-{os.getpid()}")
+    tmp.write_text(json.dumps({"sum": total, "sumsq": sq, "n": n}))
+    os.replace(tmp, path)
+    return total, sq, n
+
+
 def corpus_normalizer(sets: list[FeatureSet]) -> Normalizer:
     """Dataset mean/std over every frame of the pretraining corpus (one scalar pair)."""
     total, sq, n = 0.0, 0.0, 0
     for s in sets:
-        f = np.asarray(s.frames, np.float64)
-        total += f.sum()
-        sq += np.square(f).sum()
-        n += f.size
+        a, b, c = _moments(s)
+        total, sq, n = total + a, sq + b, n + c
     mean = total / n
     return Normalizer(float(mean), float(np.sqrt(max(sq / n - mean * mean, 1e-12))))
 

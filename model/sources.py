@@ -59,13 +59,38 @@ def package_version(package: str) -> str | None:
     return out.stdout.strip() or None
 
 
+class ZeroADArchive:
+    """Reads the audio inside 0 A.D.'s `public.zip` (Debian package `0ad-data`)."""
+
+    path = Path("/usr/share/games/0ad/mods/public/public.zip")
+    _zip: zipfile.ZipFile | None = None
+
+    def oggs(self) -> list[str]:
+        if not self.path.is_file():
+            raise AblError(
+                f"{self.path}: 0 A.D. audio not found; install the Debian package 0ad-data "
+                "(scripts/setup.sh does)"
+            )
+        with zipfile.ZipFile(self.path) as zf:
+            return sorted(n for n in zf.namelist() if n.endswith(".ogg"))
+
+    def reader(self, member: str) -> Callable[[], bytes]:
+        def read() -> bytes:
+            # Opening the 275 MB archive parses its whole directory: do it once per process.
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.path)
+            return self._zip.read(member)
+
+        return read
+
+
 class ZeroADEffects:
     """0 A.D. sound effects (`0ad-data`): ten folder classes of real recorded effects."""
 
     name = "env-sfx"
     description = "0 A.D. sound effects, 10 classes; group = sound stem without trailing digits"
     packages = ("0ad-data",)
-    archive = Path("/usr/share/games/0ad/mods/public/public.zip")
+    archive = ZeroADArchive()
     folders = {
         "impact": "audio/attack/impact/",
         "weapon": "audio/attack/weapon/",
@@ -80,13 +105,7 @@ class ZeroADEffects:
     }
 
     def clips(self) -> list[RawClip]:
-        if not self.archive.is_file():
-            raise AblError(
-                f"{self.archive}: 0 A.D. audio not found; install the Debian package 0ad-data "
-                "(scripts/setup.sh does)"
-            )
-        with zipfile.ZipFile(self.archive) as zf:
-            names = sorted(n for n in zf.namelist() if n.endswith(".ogg"))
+        names = self.archive.oggs()
         out = []
         for label, prefix in self.folders.items():
             for n in names:
@@ -95,19 +114,8 @@ class ZeroADEffects:
                 stem = Path(n).stem
                 # camel_10 and camel_11 are takes of one sound: group them.
                 group = label + "/" + re.sub(r"[_\-\s]*\d+$", "", stem)
-                out.append(RawClip(n[len("audio/") :], label, group, self._reader(n)))
+                out.append(RawClip(n[len("audio/") :], label, group, self.archive.reader(n)))
         return out
-
-    def _reader(self, member: str) -> Callable[[], bytes]:
-        def read() -> bytes:
-            # Opening the 275 MB archive parses its whole directory: do it once per process.
-            if self._zip is None:
-                self._zip = zipfile.ZipFile(self.archive)
-            return self._zip.read(member)
-
-        return read
-
-    _zip: zipfile.ZipFile | None = None
 
 
 class SoundFontNotes:

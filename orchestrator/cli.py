@@ -204,17 +204,19 @@ ExperimentsOpt = Annotated[
 
 
 def _data_context(data: Path | None, experiments: Path | None):  # noqa: ANN202
-    """(data root, user task definitions) from the options and the experiments file."""
+    """(data root, user task definitions, corpus tasks) from the options and the experiments
+    file."""
     from model.datasets import resolve_data_root
     from orchestrator.spec import load_spec
 
     if experiments is None and Path("experiments.yaml").is_file():
         experiments = Path("experiments.yaml")
-    custom, cache = (), None
+    custom, cache, corpus = (), None, ()
     if experiments is not None:
         spec = load_spec(experiments)
         custom, cache = spec.baseline.data.tasks, spec.baseline.data.cache
-    return resolve_data_root(str(data) if data else cache), custom
+        corpus = spec.baseline.data.corpus
+    return resolve_data_root(str(data) if data else cache), custom, corpus
 
 
 @data_app.command("prepare")
@@ -225,13 +227,20 @@ def data_prepare(
     experiments: ExperimentsOpt = None,
 ) -> None:
     """Decode, split and cache the real-audio tasks (idempotent; seconds when done)."""
-    from model.datasets import TASKS, prepare_task
+    from model.datasets import TASKS, load_task, prepare_task, write_corpus_manifest
 
     with user_errors():
-        root, custom = _data_context(data, experiments)
+        root, custom, corpus = _data_context(data, experiments)
         for name in task or [*sorted(TASKS), *(t.name for t in custom)]:
             t = prepare_task(name, root, force=force, log=_say, custom=custom)
             _say(f"{name}: {len(t.clips)} clips ready in {t.root}")
+        if corpus and all((root / "tasks" / n / "task.json").is_file() for n in corpus):
+            tasks = [load_task(n, root, custom) for n in corpus]
+            hours = write_corpus_manifest(tasks, root / "corpus.csv")
+            _say(
+                f"pretraining corpus: {hours:.2f} h from {', '.join(corpus)} "
+                f"(train splits only), listed in {root / 'corpus.csv'}"
+            )
 
 
 @data_app.command("list")
@@ -240,7 +249,7 @@ def data_list(data: DataRoot = None, experiments: ExperimentsOpt = None) -> None
     from model.datasets import TASKS, load_task
 
     with user_errors():
-        root, custom = _data_context(data, experiments)
+        root, custom, _ = _data_context(data, experiments)
         for name in [*sorted(TASKS), *(t.name for t in custom)]:
             try:
                 t = load_task(name, root, custom)
