@@ -109,11 +109,6 @@ def results_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
     return df
 
 
-def study_names(engine: Engine) -> list[str]:
-    with engine.connect() as conn:
-        return list(conn.execute(select(Study.name).order_by(Study.id)).scalars())
-
-
 def export_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
     """The stable export: one row per trial and metric, columns RESULT_COLUMNS first."""
     df = results_frame(engine, study)

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from model.errors import AblError
-from model.sources import RawClip, TaskSource
+from model.sources import RawClip, TaskSource, prepared_file
 
 # What libsndfile (through soundfile) decodes; matched case-insensitively.
 AUDIO_EXTENSIONS = frozenset(
@@ -45,10 +45,6 @@ AUDIO_EXTENSIONS = frozenset(
         ".rf64",
     }
 )
-
-# How prepare_task turns a clip name into a file name (model/datasets.py); kept in step here
-# so that two clips that would overwrite each other are caught before anything is decoded.
-_PREPARED_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 # Trailing take numbers: "bark_01", "bark-2", "bark 3", "bark_1_2" all group as "bark".
 _TAKE_SUFFIX = re.compile(r"(?:[_\-\s.]*\d+)+$")
@@ -159,7 +155,8 @@ class _Layout:
             )
         seen: dict[str, str] = {}
         for c in clips:
-            key = _PREPARED_NAME.sub("_", c.name.rsplit(".", 1)[0])
+            # Two clips that would be prepared into one file are caught before decoding.
+            key = prepared_file(c.name)
             if key in seen:
                 raise AblError(
                     f"{self.root}: {seen[key]} and {c.name} would both be prepared as "

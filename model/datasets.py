@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from model.audio import AudioError, is_silent, load_audio, save_flac
 from model.byo import byo_source
 from model.config import TaskDef
 from model.errors import AblError
-from model.sources import TASKS, RawClip, TaskSource, package_version
+from model.sources import TASKS, RawClip, TaskSource, package_version, prepared_file
 from model.splits import assign_splits
 
 PREPARED_RATE = 16000
@@ -156,7 +155,7 @@ def prepare_task(
             skipped_files.append({"clip": clip.name, "reason": "silent"})
             continue
         wave = wave[: int(getattr(source, "max_seconds", MAX_SECONDS) * PREPARED_RATE)]
-        rel = "audio/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", clip.name.rsplit(".", 1)[0]) + ".flac"
+        rel = prepared_file(clip.name)
         save_flac(work / rel, wave, PREPARED_RATE)
         digest = hashlib.sha1((work / rel).read_bytes()).hexdigest()
         rows.append(

@@ -45,6 +45,11 @@ class TaskSource(Protocol):
     def clips(self) -> list[RawClip]: ...
 
 
+def prepared_file(clip_name: str) -> str:
+    """Where `prepare_task` stores a clip: its name without extension, made file-system safe."""
+    return "audio/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", clip_name.rsplit(".", 1)[0]) + ".flac"
+
+
 def package_version(package: str) -> str | None:
     try:
         out = subprocess.run(

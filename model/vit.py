@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,15 +102,3 @@ class ViT(nn.Module):
         b, _, d = h.shape
         f, t = self.grid
         return h.view(b, f, t, d).permute(0, 2, 1, 3).reshape(b, t, f * d)
-
-
-def param_count(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-def flops_per_token(cfg: EncoderConfig) -> float:
-    """Approximate forward multiply-adds x2 per token of one transformer block stack."""
-    d = cfg.width
-    return (
-        2 * cfg.depth * (4 * d * d + 2 * d * int(d * cfg.mlp_ratio)) + math.prod(cfg.patch) * d * 2
-    )

@@ -47,14 +47,28 @@ class TrialSpec:
         return f"{self.axis}={self.setting} seed={self.seed}"
 
 
-def expand(spec: StudySpec) -> list[TrialSpec]:
-    """One-factor-at-a-time: the baseline, then each axis value that differs from it."""
-    base_settings = {
+def baseline_settings(spec: StudySpec) -> dict[str, str]:
+    """The baseline's value of every axis, as text, by axis name."""
+    return {
         a.name: setting_text(
             getattr(getattr(spec.baseline, a.path.split(".")[0]), a.path.split(".")[1])
         )
         for a in spec.axes
     }
+
+
+def axis_choices(spec: StudySpec) -> dict[str, list[str]]:
+    """Every value an axis can take in the study (its baseline value first)."""
+    base = baseline_settings(spec)
+    return {
+        a.name: list(dict.fromkeys([base[a.name], *(setting_text(v) for v in a.values)]))
+        for a in spec.axes
+    }
+
+
+def expand(spec: StudySpec) -> list[TrialSpec]:
+    """One-factor-at-a-time: the baseline, then each axis value that differs from it."""
+    base_settings = baseline_settings(spec)
     cells: list[tuple[str, str, dict[str, str], RecipeConfig]] = [
         ("baseline", "baseline", base_settings, spec.baseline)
     ]

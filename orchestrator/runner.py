@@ -25,7 +25,7 @@ from model.features import CropSampler, FeatureSet, Normalizer, corpus_normalize
 from model.probe import embed_clips, linear_probe, logmel_stats
 from model.train import train
 from model.vit import ViT
-from orchestrator.grid import TrialSpec, expand, semantic_config, trial_key
+from orchestrator.grid import TrialSpec, axis_choices, expand, semantic_config, trial_key
 from orchestrator.ledger import Claim, Ledger
 from orchestrator.spec import StudySpec
 from orchestrator.tracking import Tracker, flatten
@@ -126,23 +126,6 @@ class Study:
     def checkpoints(self) -> Path:
         return self.spec.output / "checkpoints"
 
-    def choices(self) -> dict[str, list[str]]:
-        from orchestrator.grid import setting_text
-
-        out = {}
-        for a in self.spec.axes:
-            base = expand_baseline_setting(self.spec, a.name)
-            out[a.name] = list(dict.fromkeys([base, *(setting_text(v) for v in a.values)]))
-        return out
-
-
-def expand_baseline_setting(spec: StudySpec, axis: str) -> str:
-    from orchestrator.grid import setting_text
-
-    a = spec.axis(axis)
-    section, key = a.path.split(".")
-    return setting_text(getattr(getattr(spec.baseline, section), key))
-
 
 def open_study(spec: StudySpec) -> Study:
     """Create (once) or reopen the study's output folder, databases and MLflow experiment."""
@@ -204,7 +187,7 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         claim.number if claim else None,
     )
     if claim is not None:
-        st.ledger.record_params(claim, trial.settings, st.choices())
+        st.ledger.record_params(claim, trial.settings, axis_choices(st.spec))
     t0 = time.perf_counter()
     try:
         sampler = CropSampler(

@@ -294,7 +294,7 @@ def _parse_axes(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Axis, ..
     if not isinstance(raw, dict) or not raw:
         raise AblError(
             f"{source}: axes must be a non-empty mapping, e.g. "
-            "axes: {{masking: {{path: mask.strategy, values: [unstructured, time]}}}}"
+            "axes: {masking: {path: mask.strategy, values: [unstructured, time]}}"
         )
     axes: list[Axis] = []
     for name, body in raw.items():

@@ -5,7 +5,6 @@ call per value)."""
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import socket
 import subprocess
@@ -15,8 +14,6 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-
-from db.engine import mask_url
 
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
@@ -79,10 +76,6 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
 
-    @property
-    def display_uri(self) -> str:
-        return mask_url(self.uri) if "://" in self.uri and "@" in self.uri else self.uri
-
     def study_run(self, study: str) -> str:
         """The parent run of a study, created once and found again on resume."""
         runs = self.client.search_runs(
@@ -135,7 +128,3 @@ def ui_command(tracking_uri: str, port: int, host: str = "127.0.0.1") -> list[st
         "--port",
         str(port),
     ]
-
-
-def env_without_secrets() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if "PASSWORD" not in k.upper()}
