@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--out", help="append a JSON record of the run to this file")
+    ap.add_argument(
+        "--no-target", action="store_true", help="probe only the context (online) encoder"
+    )
     args = ap.parse_args()
 
     recipe = load_spec(args.experiments).baseline
@@ -68,30 +71,46 @@ def main() -> None:
             model, res = train(r, sampler, seed)
             train_s = time.perf_counter() - t0
             ctx = score(encoder_features(model.encoder, r, norm), r, bank)
-            tgt = score(encoder_features(model.target_encoder, r, norm), r, bank)
+            tgt = (
+                None
+                if args.no_target
+                else score(encoder_features(model.target_encoder, r, norm), r, bank)
+            )
             for task in recipe.probe.tasks:
                 k = (task, "accuracy")
-                rows.append({
-                    "seed": seed, "steps": steps, "task": task,
-                    "random": ref.metrics[k], "context": ctx.metrics[k], "target": tgt.metrics[k],
-                    "train_s": round(train_s, 1), "samples_per_s": round(res.samples_per_s, 1),
-                    "final_loss": res.history[-1]["loss"] if res.history else float("nan"),
-                    "target_rank": res.history[-1].get("target_rank") if res.history else None,
-                    "failed": res.failed,
-                })
+                rows.append(
+                    {
+                        "seed": seed,
+                        "steps": steps,
+                        "task": task,
+                        "random": ref.metrics[k],
+                        "context": ctx.metrics[k],
+                        "target": tgt.metrics[k] if tgt else float("nan"),
+                        "train_s": round(train_s, 1),
+                        "samples_per_s": round(res.samples_per_s, 1),
+                        "final_loss": res.history[-1]["loss"] if res.history else float("nan"),
+                        "target_rank": res.history[-1].get("target_rank") if res.history else None,
+                        "failed": res.failed,
+                    }
+                )
                 x = rows[-1]
-                print(f"seed {seed} steps {steps:5d} {task:15s} random {x['random']:.3f} "
-                      f"context {x['context']:.3f} ({x['context'] - x['random']:+.3f}) "
-                      f"target {x['target']:.3f} ({x['target'] - x['random']:+.3f}) "
-                      f"loss {x['final_loss']:.3f} rank {x['target_rank']:.1f} "
-                      f"{x['samples_per_s']:.0f} samples/s", flush=True)
+                print(
+                    f"seed {seed} steps {steps:5d} {task:15s} random {x['random']:.3f} "
+                    f"context {x['context']:.3f} ({x['context'] - x['random']:+.3f}) "
+                    f"target {x['target']:.3f} ({x['target'] - x['random']:+.3f}) "
+                    f"loss {x['final_loss']:.3f} rank {x['target_rank']:.1f} "
+                    f"{x['samples_per_s']:.0f} samples/s",
+                    flush=True,
+                )
     print("mean margin over random-init (context, target) by steps:")
     for steps in args.steps:
         sel = [r for r in rows if r["steps"] == steps]
         c = np.array([r["context"] - r["random"] for r in sel])
         t = np.array([r["target"] - r["random"] for r in sel])
-        print(f"  {steps:5d} steps: context {c.mean():+.3f} +- {c.std():.3f}, "
-              f"target {t.mean():+.3f} +- {t.std():.3f} (n={len(sel)})")
+        print(
+            f"  {steps:5d} steps: context {c.mean():+.3f} +- {c.std():.3f}, "
+            f"target {t.mean():+.3f} +- {t.std():.3f} (n={len(sel)})"
+        )
     if args.out:
         with open(args.out, "a") as f:
             f.write(json.dumps({"sets": args.sets, "rows": rows}) + "\n")

@@ -58,22 +58,36 @@ class PredictorConfig:
     depth: int = 2
     width: int = 96
     heads: int = 3
+    mlp_ratio: float = 4.0
 
 
 @dataclass(frozen=True)
 class MaskConfig:
-    strategy: str = "unstructured"  # unstructured | time | frequency | multiblock
-    ratio: float = 0.6  # share of tokens that are targets
+    """Which tokens the context encoder sees and which the predictor must predict."""
+
+    strategy: str = "unstructured"  # unstructured | multiblock | time | frequency
+    ratio: float = 0.6  # share of tokens that are targets (unstructured, time, frequency)
+    target_blocks: int = 1  # multiblock: target rectangles; time / frequency: spans / bands
+    block_scale: tuple[float, float] = (0.15, 0.2)  # multiblock: share of the grid per block
+    block_aspect: tuple[float, float] = (0.75, 1.5)  # multiblock: time / frequency extent
+    context_scale: tuple[float, float] = (0.85, 1.0)  # multiblock: share in the context block
+    overlap: str = "disjoint"  # multiblock: disjoint (context minus targets) | allow
+    curriculum: str = "none"  # A-JEPA: strategy whose chance grows over training, or none
+    curriculum_end: float = 1.0  # that chance at the last step (0 at the first)
 
 
 @dataclass(frozen=True)
 class TargetConfig:
+    """What the predictor regresses: the target encoder's tokens, normalised."""
+
+    branch: str = "targets-only"  # targets-only (M2D, Riou) | full-input (I-JEPA)
     norm: str = "layer"  # none | layer | instance | batch
+    top_k: int = 1  # average the outputs of the last k encoder layers (data2vec); 1 = last
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    kind: str = "l2"  # l2 | smooth_l1 | cosine
+    kind: str = "l2"  # l2 | smooth_l1 | cosine (normalised L2: 2 - 2 cos, halved)
 
 
 @dataclass(frozen=True)
@@ -85,8 +99,10 @@ class TrainConfig:
     warmup_steps: int = 30
     ema_start: float = 0.996
     ema_end: float = 1.0
-    bf16: bool = True  # bf16 autocast where the CPU supports it
-    log_every: int = 10
+    bf16: bool = True  # bf16 autocast where the CPU supports it (and on CUDA)
+    log_every: int = 10  # steps between collapse measurements (loss etc. are kept every step)
+    eval_every: int = 0  # steps between intermediate evaluations handed to the caller; 0: none
+    checkpoint_every: int = 0  # steps between checkpoints when a checkpoint path is given
 
 
 @dataclass(frozen=True)

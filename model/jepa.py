@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,16 @@ from torch import nn
 from model.config import LossConfig, PredictorConfig, RecipeConfig, TargetConfig
 from model.masks import Masks, apply_masks
 from model.vit import Block, ViT, init_weights, sincos_2d
+
+BRANCHES = ("targets-only", "full-input")
+TARGET_NORMS = ("none", "layer", "instance", "batch")
+LOSSES = ("l2", "smooth_l1", "cosine")
+
+
+class StepOutput(NamedTuple):
+    loss: torch.Tensor  # scalar
+    targets: torch.Tensor  # (B, Nt, D) normalised target features
+    context: torch.Tensor  # (B, Nc, D) context encoder output
 
 
 class Predictor(nn.Module):
@@ -22,7 +33,9 @@ class Predictor(nn.Module):
         self.embed = nn.Linear(enc_width, cfg.width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.register_buffer("pos", sincos_2d(cfg.width, grid), persistent=False)
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, 4.0) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)
+        )
         self.norm = nn.LayerNorm(cfg.width)
         self.out = nn.Linear(cfg.width, enc_width)
         self.apply(init_weights)
@@ -74,6 +87,8 @@ def jepa_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torc
 class JEPA(nn.Module):
     def __init__(self, recipe: RecipeConfig):
         super().__init__()
+        if recipe.target.branch not in BRANCHES:
+            raise ValueError(f"unknown target branch {recipe.target.branch!r}; known: {BRANCHES}")
         self.recipe = recipe
         fe = recipe.frontend
         self.encoder = ViT(recipe.encoder, fe.n_mels, fe.frames)
@@ -86,15 +101,21 @@ class JEPA(nn.Module):
     def grid(self) -> tuple[int, int]:
         return self.encoder.grid
 
-    def forward(self, x: torch.Tensor, masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (loss, normalised targets (B, Nt, D))."""
+    def forward(self, x: torch.Tensor, masks: Masks) -> StepOutput:
+        tc = self.recipe.target
         with torch.no_grad():
-            # Targets-only branch (M2D, Riou et al.): the target encoder sees target patches.
-            tgt = self.target_encoder(x, keep=masks.target)
-            tgt = normalise_targets(tgt.float(), self.recipe.target)
+            if tc.branch == "full-input":
+                # I-JEPA: the target encoder sees the whole input; targets are selected in the
+                # latent space, after normalisation over all tokens of the clip.
+                full = self.target_encoder(x, top_k=tc.top_k)
+                tgt = apply_masks(normalise_targets(full.float(), tc), masks.target)
+            else:
+                # Targets-only (M2D, Riou et al.): the target encoder sees the target patches.
+                tgt = self.target_encoder(x, keep=masks.target, top_k=tc.top_k)
+                tgt = normalise_targets(tgt.float(), tc)
         ctx = self.encoder(x, keep=masks.context)  # (B, Nc, D)
         pred = self.predictor(ctx, masks)  # (B, Nt, D)
-        return jepa_loss(pred.float(), tgt, self.recipe.loss), tgt
+        return StepOutput(jepa_loss(pred.float(), tgt, self.recipe.loss), tgt, ctx)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

@@ -88,12 +88,24 @@ class ViT(nn.Module):
         """Patch embedding plus positions: (B, 1, M, T) -> (B, N, D), row-major over (F, T)."""
         return self.patch(x).flatten(2).transpose(1, 2) + self.pos
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None, top_k: int = 1
+    ) -> torch.Tensor:
+        """Tokens at `keep` (all when None) after the last block and the final norm; with
+        `top_k` > 1, the average of the last k blocks' outputs, each standardised per token
+        (data2vec's target, made comparable across layers)."""
         h = self.tokens(x)
         if keep is not None:
             h = apply_masks(h, keep)  # (B, K, D)
-        for blk in self.blocks:
+        first_kept = len(self.blocks) - top_k
+        acc = None
+        for i, blk in enumerate(self.blocks):
             h = blk(h)
+            if top_k > 1 and i >= first_kept:
+                z = F.layer_norm(h.float(), h.shape[-1:])
+                acc = z if acc is None else acc + z
+        if top_k > 1:
+            return acc / top_k
         return self.norm(h)
 
     def frame_embeddings(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,12 @@ from model.config import RecipeConfig
 from orchestrator.spec import StudySpec, with_value
 
 # Settings that change where or how verbosely a trial runs, not what it computes.
-NON_SEMANTIC = {("data", "cache"), ("train", "log_every")}
+NON_SEMANTIC = {
+    ("data", "cache"),
+    ("train", "log_every"),
+    ("train", "eval_every"),
+    ("train", "checkpoint_every"),
+}
 
 
 def setting_text(value: Any) -> str:

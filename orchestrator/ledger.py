@@ -91,6 +91,10 @@ class Ledger:
             # The value was fixed at enqueue time; suggesting records it with its distribution.
             trial.suggest_categorical(axis, choices[axis])
 
+    def report(self, claim: Claim, step: int, value: float) -> None:
+        """An intermediate value (a probe accuracy during training) at `step`."""
+        self.storage.set_trial_intermediate_value(claim.trial_id, step, value)
+
     def complete(self, claim: Claim, value: float) -> None:
         self.study.tell(claim.number, value)
 

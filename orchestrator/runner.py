@@ -197,7 +197,18 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
             seed=trial.seed,
         )
         data_s = time.perf_counter() - t0
-        model, result = train(recipe, sampler, trial.seed)
+        # The training state is checkpointed under the trial's key: a retried attempt (after a
+        # crash or Ctrl-C) resumes where the last checkpoint left it.
+        ckpt = st.checkpoints / f"{trial.key}.pt"
+        model, result = train(
+            recipe,
+            sampler,
+            trial.seed,
+            on_eval=intermediate_probe(st, trial, claim, run_id),
+            checkpoint=ckpt,
+        )
+        if result.resumed_from:
+            log(f"  resumed {trial.label} from its checkpoint at step {result.resumed_from}")
         curves = [
             (k, v, int(rec["step"]))
             for rec in result.history
@@ -207,11 +218,6 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         st.tracker.log_metrics(run_id, curves)
         if result.failed:
             raise TrialFailed(result.failed)
-        st.checkpoints.mkdir(parents=True, exist_ok=True)
-        ckpt = st.checkpoints / f"{trial.key}.pt"
-        torch.save(
-            {"encoder": model.encoder.state_dict(), "config": dataclasses.asdict(recipe)}, ckpt
-        )
         scores = score(
             encoder_features(model.encoder, recipe, st.bank.normalizer(recipe)), recipe, st.bank
         )
@@ -244,6 +250,28 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
     accs = ", ".join(f"{t} {v:.3f}" for (t, m), v in scores.metrics.items() if m == "accuracy")
     log(f"  done {trial.label} in {wall:.1f}s: accuracy {accs}")
     return True
+
+
+def intermediate_probe(st: Study, trial: TrialSpec, claim: Claim | None, run_id: str):
+    """The training hook: every `train.eval_every` steps, probe the first probe task with the
+    context encoder, log the accuracy as an `eval.<task>.accuracy` curve and report it to the
+    Optuna trial as an intermediate value (what a pruner reads)."""
+    recipe = trial.recipe
+    task = recipe.probe.tasks[0]
+    probe_recipe = dataclasses.replace(
+        recipe, probe=dataclasses.replace(recipe.probe, tasks=(task,))
+    )
+    norm = st.bank.normalizer(recipe)
+
+    def hook(step: int, model) -> bool:
+        scores = score(encoder_features(model.encoder, probe_recipe, norm), probe_recipe, st.bank)
+        acc = scores.metrics[(task, "accuracy")]
+        st.tracker.log_metrics(run_id, [(f"eval.{task}.accuracy", acc, step)])
+        if claim is not None:
+            st.ledger.report(claim, step, acc)
+        return False  # no pruning: every cell of a designed grid runs to its budget
+
+    return hook
 
 
 class TrialFailed(Exception):

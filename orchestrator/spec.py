@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import types
 import typing
@@ -21,12 +22,11 @@ import yaml
 from model.byo import byo_source
 from model.config import DataConfig, RecipeConfig, TaskDef
 from model.errors import AblError
-from model.masks import MASKERS
+from model.jepa import BRANCHES, LOSSES, TARGET_NORMS
+from model.masks import CURRICULUM, MASKERS, OVERLAP
 from model.sources import TASKS
 
 DESIGNS = ("ofat",)
-TARGET_NORMS = ("none", "layer", "instance", "batch")
-LOSSES = ("l2", "smooth_l1", "cosine")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 
@@ -230,6 +230,30 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("mask.ratio", f"= {r.mask.ratio} is outside (0, 1); use a value like 0.6")
     if r.mask.strategy not in MASKERS:
         raise bad("mask.strategy", f"= {r.mask.strategy!r}; use one of {', '.join(MASKERS)}")
+    m = r.mask
+    if m.target_blocks < 1:
+        raise bad("mask.target_blocks", f"= {m.target_blocks} must be at least 1")
+    for key, (lo, hi), top in (
+        ("mask.block_scale", m.block_scale, 1.0),
+        ("mask.context_scale", m.context_scale, 1.0),
+        ("mask.block_aspect", m.block_aspect, math.inf),
+    ):
+        if not 0 < lo <= hi <= top:
+            limit = "1" if top == 1.0 else "infinity"
+            raise bad(key, f"= [{lo}, {hi}] must be a range 0 < low <= high <= {limit}")
+    if m.overlap not in OVERLAP:
+        raise bad("mask.overlap", f"= {m.overlap!r}; use one of {', '.join(OVERLAP)}")
+    if m.curriculum not in CURRICULUM:
+        raise bad("mask.curriculum", f"= {m.curriculum!r}; use one of {', '.join(CURRICULUM)}")
+    if not 0 <= m.curriculum_end <= 1:
+        raise bad("mask.curriculum_end", f"= {m.curriculum_end} must be within [0, 1]")
+    if r.target.branch not in BRANCHES:
+        raise bad("target.branch", f"= {r.target.branch!r}; use one of {', '.join(BRANCHES)}")
+    if not 1 <= r.target.top_k <= enc.depth:
+        raise bad(
+            "target.top_k",
+            f"= {r.target.top_k} must be between 1 and encoder.depth = {enc.depth}",
+        )
     if r.target.norm not in TARGET_NORMS:
         raise bad("target.norm", f"= {r.target.norm!r}; use one of {', '.join(TARGET_NORMS)}")
     if r.loss.kind not in LOSSES:
@@ -254,6 +278,8 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
             )
     if enc.depth < 1 or pred.depth < 1:
         raise bad("encoder.depth", "and predictor.depth must be at least 1")
+    if enc.mlp_ratio <= 0 or pred.mlp_ratio <= 0:
+        raise bad("encoder.mlp_ratio", "and predictor.mlp_ratio must be positive")
     if enc.width % 4:
         raise bad("encoder.width", "must be a multiple of 4 (2-D sin-cos positions)")
     tc = r.train
@@ -265,6 +291,10 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("train.ema_start", "must satisfy 0 <= ema_start <= ema_end <= 1")
     if tc.warmup_steps < 0 or tc.log_every < 1:
         raise bad("train.warmup_steps", "must be >= 0 and train.log_every >= 1")
+    if tc.weight_decay < 0:
+        raise bad("train.weight_decay", f"= {tc.weight_decay} must be >= 0")
+    if tc.eval_every < 0 or tc.checkpoint_every < 0:
+        raise bad("train.eval_every", "and train.checkpoint_every must be >= 0 (0: off)")
     if not r.probe.tasks:
         raise bad("probe.tasks", "is empty; list at least one task, e.g. [env-sfx]")
     known_tasks = {*TASKS, *(t.name for t in r.data.tasks)}

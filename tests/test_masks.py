@@ -45,3 +45,31 @@ def test_apply_masks_gathers_tokens():
     idx = torch.tensor([[0, 5], [1, 2]])
     out = apply_masks(x, idx)
     assert torch.equal(out[0, 1], x[0, 5]) and torch.equal(out[1, 0], x[1, 1])
+
+
+def test_curriculum_chance_grows_linearly_to_its_end_value():
+    from model.masks import curriculum_chance
+
+    cfg = MaskConfig("multiblock", curriculum="time", curriculum_end=0.8)
+    assert [curriculum_chance(cfg, p) for p in (0.0, 0.5, 1.0)] == [0.0, 0.4, 0.8]
+    assert curriculum_chance(MaskConfig(), 1.0) == 0.0
+
+
+def test_curriculum_share_of_switched_batches_follows_the_chance():
+    cfg = MaskConfig("unstructured", 0.5, curriculum="frequency", curriculum_end=1.0)
+    f, t = GRID
+
+    def is_frequency(m):
+        return all(len(row) == len({i // t for i in row}) * t for row in m.target.tolist())
+
+    early = sum(is_frequency(sample_masks(2, GRID, cfg, s, progress=0.1)) for s in range(200))
+    late = sum(is_frequency(sample_masks(2, GRID, cfg, s, progress=0.9)) for s in range(200))
+    assert early < 50 < 150 < late  # ~10 % and ~90 % of the batches
+
+
+def test_multiblock_i_jepa_defaults_on_the_reference_grid():
+    cfg = MaskConfig("multiblock", target_blocks=4)
+    m = sample_masks(16, GRID, cfg, 0)
+    share = m.target.shape[1] / 65
+    assert 0.15 <= share <= 0.8  # 4 blocks of 15-20 %, overlapping
+    assert m.context.shape[1] >= 1

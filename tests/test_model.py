@@ -1,0 +1,228 @@
+"""The JEPA and its training loop: every axis of the recipe reaches the computation.
+
+Each test trains the tiny model for a few steps on real prepared audio (a slice of env-sfx) and
+compares what came out, so a setting that is read but never used fails here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from model.config import (
+    EncoderConfig,
+    FrontendConfig,
+    PredictorConfig,
+    RecipeConfig,
+    TrainConfig,
+)
+from model.datasets import PreparedTask
+from model.features import CropSampler, corpus_normalizer, load_features
+from model.jepa import JEPA
+from model.masks import sample_masks
+from model.train import cpu_has_bf16, train
+from model.vit import ViT
+from orchestrator.spec import with_value
+
+TINY = RecipeConfig(
+    frontend=FrontendConfig(frames=64),  # 5 x 4 = 20 tokens of 16 x 16
+    encoder=EncoderConfig(depth=2, width=32, heads=2),
+    predictor=PredictorConfig(depth=1, width=16, heads=2),
+    train=TrainConfig(steps=3, batch_size=4, warmup_steps=1, log_every=1),
+)
+
+
+@pytest.fixture(scope="module")
+def run(env_sfx: PreparedTask, data_root):
+    """train(recipe) on crops of real env-sfx clips -> (model, result); features cached."""
+    cache: dict = {}
+
+    def sampler(recipe: RecipeConfig) -> CropSampler:
+        fe = recipe.frontend
+        if fe not in cache:
+            clips = env_sfx.split("train", 3)
+            cache[fe] = load_features(env_sfx, clips, fe, data_root)
+        fs = cache[fe]
+        return CropSampler([fs], fe.frames, corpus_normalizer([fs]), seed=0)
+
+    done: dict = {}
+
+    def go(recipe: RecipeConfig, **kwargs):
+        if kwargs:
+            return train(recipe, sampler(recipe), seed=0, **kwargs)
+        if recipe not in done:  # the shared baselines of the axis tests train once
+            done[recipe] = train(recipe, sampler(recipe), seed=0)
+        return done[recipe]
+
+    go.sampler = sampler
+    return go
+
+
+def fingerprint(model: JEPA, result) -> torch.Tensor:
+    """Everything a trial produces: the trained encoders and the loss curve."""
+    weights = [p.detach().float().flatten() for p in model.parameters()]
+    losses = torch.tensor([r["loss"] for r in result.history])
+    return torch.cat([*weights, losses])
+
+
+# (path, baseline value, other value, baseline overrides that make the axis active)
+AXES = [
+    ("mask.strategy", "unstructured", "multiblock", {}),
+    ("mask.strategy", "unstructured", "time", {}),
+    ("mask.strategy", "unstructured", "frequency", {}),
+    ("mask.ratio", 0.6, 0.4, {}),
+    ("mask.target_blocks", 1, 2, {"mask.strategy": "time"}),
+    ("mask.target_blocks", 4, 2, {"mask.strategy": "multiblock"}),
+    ("mask.block_scale", (0.15, 0.2), (0.3, 0.4), {"mask.strategy": "multiblock"}),
+    ("mask.block_aspect", (0.75, 1.5), (2.0, 3.0), {"mask.strategy": "multiblock"}),
+    ("mask.context_scale", (0.85, 1.0), (0.5, 0.6), {"mask.strategy": "multiblock"}),
+    ("mask.overlap", "disjoint", "allow", {"mask.strategy": "multiblock"}),
+    ("mask.curriculum", "none", "time", {"mask.curriculum_end": 1.0, "train.steps": 6}),
+    ("mask.curriculum_end", 0.0, 1.0, {"mask.curriculum": "time", "train.steps": 6}),
+    ("target.branch", "targets-only", "full-input", {}),
+    ("target.norm", "layer", "none", {}),
+    ("target.norm", "layer", "instance", {}),
+    ("target.norm", "layer", "batch", {}),
+    ("target.top_k", 1, 2, {}),
+    ("loss.kind", "l2", "smooth_l1", {}),
+    ("loss.kind", "l2", "cosine", {}),
+    ("encoder.depth", 2, 3, {}),
+    ("encoder.width", 32, 48, {}),
+    ("encoder.heads", 2, 4, {}),
+    ("encoder.mlp_ratio", 4.0, 2.0, {}),
+    ("encoder.patch", (16, 16), (16, 8), {}),
+    ("predictor.depth", 1, 2, {}),
+    ("predictor.width", 16, 24, {}),
+    ("predictor.heads", 2, 4, {}),
+    ("predictor.mlp_ratio", 4.0, 2.0, {}),
+    ("train.lr", 1e-3, 3e-3, {}),
+    ("train.weight_decay", 0.05, 0.5, {}),
+    ("train.warmup_steps", 1, 2, {}),
+    ("train.steps", 3, 4, {}),
+    ("train.batch_size", 4, 6, {}),
+    ("train.ema_start", 0.996, 0.9, {}),
+    ("train.ema_end", 1.0, 0.95, {}),
+    ("frontend.frames", 64, 48, {}),
+    ("frontend.n_mels", 80, 64, {}),
+    ("frontend.hop", 160, 200, {}),
+]
+
+
+def _recipe(overrides: dict) -> RecipeConfig:
+    r = TINY
+    for path, value in overrides.items():
+        r = with_value(r, path, value)
+    return r
+
+
+@pytest.mark.parametrize(
+    ("path", "a", "b", "context"), AXES, ids=[f"{p}={b}" for p, _, b, _ in AXES]
+)
+def test_every_axis_changes_what_is_trained(run, path, a, b, context):
+    base = _recipe(context)
+    ma, ra = run(with_value(base, path, a))
+    mb, rb = run(with_value(base, path, b))
+    assert ra.failed is None and rb.failed is None
+    fa, fb = fingerprint(ma, ra), fingerprint(mb, rb)
+    assert fa.shape != fb.shape or not torch.equal(fa, fb), f"{path} did not reach training"
+
+
+@pytest.mark.parametrize("overrides", [{}, {"mask.strategy": "multiblock"}])
+def test_the_same_recipe_and_seed_train_the_same_model(env_sfx, data_root, run, overrides):
+    # The axis tests compare two runs: the difference must be the axis, not noise.
+    r = _recipe(overrides)
+    fa = fingerprint(*train(r, run.sampler(r), seed=0))
+    assert torch.equal(fa, fingerprint(*train(r, run.sampler(r), seed=0)))
+    assert not torch.equal(fa, fingerprint(*train(r, run.sampler(r), seed=1)))
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16; autocast is off")
+def test_bf16_autocast_changes_the_arithmetic(run):
+    ma, ra = run(with_value(TINY, "train.bf16", True))
+    mb, rb = run(with_value(TINY, "train.bf16", False))
+    assert not torch.equal(fingerprint(ma, ra), fingerprint(mb, rb))
+
+
+@pytest.mark.parametrize(("path", "value"), [("train.log_every", 2), ("train.eval_every", 2)])
+def test_bookkeeping_settings_do_not_change_the_model(run, path, value):
+    ma, ra = run(TINY)
+    mb, rb = run(with_value(TINY, path, value))
+    weights = [p.detach().flatten() for p in ma.parameters()]
+    other = [p.detach().flatten() for p in mb.parameters()]
+    assert all(torch.equal(x, y) for x, y in zip(weights, other, strict=True))
+
+
+@pytest.mark.parametrize("patch", [(16, 16), (16, 8), (80, 2), (8, 16)])
+def test_patch_shapes_tile_the_input(patch):
+    fe = FrontendConfig()  # 80 x 208
+    enc = ViT(EncoderConfig(patch=patch, depth=1, width=32, heads=2), fe.n_mels, fe.frames)
+    x = torch.randn(2, 1, fe.n_mels, fe.frames)
+    f, t = fe.n_mels // patch[0], fe.frames // patch[1]
+    assert enc.grid == (f, t)
+    assert enc(x).shape == (2, f * t, 32)
+    assert enc.frame_embeddings(x).shape == (2, t, f * 32)
+    # Token i sits at frequency row i // t and time column i % t (the masks' layout).
+    probe = torch.zeros(1, 1, fe.n_mels, fe.frames)
+    probe[..., : patch[0], patch[1] : 2 * patch[1]] = 1.0
+    tokens = enc.patch(probe).flatten(2).transpose(1, 2)[0]
+    changed = (tokens - enc.patch(torch.zeros_like(probe)).flatten(2).transpose(1, 2)[0]).abs()
+    assert changed.sum(1).nonzero().flatten().tolist() == [1]
+
+
+def test_predictor_returns_only_target_positions_and_targets_are_normalised():
+    r = with_value(TINY, "target.norm", "layer")
+    model = JEPA(r)
+    x = torch.randn(3, 1, 80, 64)
+    masks = sample_masks(3, model.grid, r.mask, seed=0)
+    out = model(x, masks)
+    assert out.targets.shape == (3, masks.target.shape[1], 32)
+    assert out.context.shape == (3, masks.context.shape[1], 32)
+    assert torch.allclose(out.targets.mean(-1), torch.zeros(()), atol=1e-4)
+    assert math.isfinite(float(out.loss.detach()))
+
+
+def test_history_has_every_step_and_collapse_signals(run):
+    r = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, steps=5, log_every=2))
+    _, res = run(r)
+    assert [h["step"] for h in res.history] == [0, 1, 2, 3, 4]
+    for h in res.history:
+        assert {"loss", "lr", "momentum", "grad_norm"} <= set(h)
+    signalled = [h["step"] for h in res.history if "target_rank" in h]
+    assert signalled == [0, 2, 4]
+    assert all(h["target_std"] >= 0 and h["context_rank"] >= 1 for h in res.history[::2])
+    assert res.samples_per_s > 0
+
+
+def test_nan_loss_fails_the_trial_with_its_reason(run):
+    _, res = run(with_value(TINY, "train.lr", 1e30))
+    assert res.failed is not None
+    assert "non-finite" in res.failed or "diverged" in res.failed
+
+
+def test_checkpoint_resume_reproduces_an_uninterrupted_run(run, tmp_path):
+    r = dataclasses.replace(
+        TINY, train=dataclasses.replace(TINY.train, steps=6, bf16=False, checkpoint_every=3)
+    )
+    whole, res_whole = run(r)
+    # Interrupt after 3 steps: the hook stops training, the checkpoint holds step 3.
+    ckpt = tmp_path / "trial.pt"
+    r_eval = dataclasses.replace(r, train=dataclasses.replace(r.train, eval_every=3))
+    _, first = run(r_eval, checkpoint=ckpt, on_eval=lambda step, model: step == 3)
+    assert first.stopped and first.steps == 3 and ckpt.exists()
+    resumed, res = run(r, checkpoint=ckpt)
+    assert res.resumed_from == 3 and res.steps == 6
+    assert [h["loss"] for h in res.history] == [h["loss"] for h in res_whole.history]
+    for p, q in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    state = torch.load(ckpt, weights_only=True)  # plain tensors and containers only
+    assert state["step"] == 6
+
+
+def test_eval_hook_sees_the_model_at_its_interval(run):
+    seen = []
+    r = with_value(with_value(TINY, "train.eval_every", 2), "train.steps", 5)
+    run(r, on_eval=lambda step, model: seen.append((step, model.training)))
+    assert seen == [(2, False), (4, False)]
