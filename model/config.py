@@ -102,15 +102,18 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast where the CPU supports it (and on CUDA)
     log_every: int = 10  # steps between collapse measurements (loss etc. are kept every step)
     eval_every: int = 0  # steps between intermediate evaluations handed to the caller; 0: none
-    checkpoint_every: int = 0  # steps between checkpoints when a checkpoint path is given
+    checkpoint_every: int = 250  # steps between checkpoints when a checkpoint path is given
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
+    """Linear probes of the frozen encoder (EVAR protocol); the fit is exact, so unseeded."""
+
     tasks: tuple[str, ...] = ("env-sfx",)
-    seeds: tuple[int, ...] = (0,)
+    encoder: str = "context"  # context (online) | target (EMA)
     c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
     batch_size: int = 64
+    knn_clips: int = 300  # train clips of the first task in the intermediate k-NN signal
 
 
 @dataclass(frozen=True)
@@ -126,3 +129,29 @@ class RecipeConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+def _build(cls: type, data: dict):
+    """A config dataclass from `dataclasses.asdict` output (lists back to tuples)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue  # a setting added after the file was written keeps its default
+        value, hint = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            value = _build(hint, value)
+        elif f.name == "tasks" and cls is DataConfig:
+            value = tuple(TaskDef(**t) for t in value)
+        elif isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def recipe_from_dict(data: dict) -> RecipeConfig:
+    """Inverse of `dataclasses.asdict(recipe)`, for configs stored in checkpoints."""
+    return _build(RecipeConfig, data)

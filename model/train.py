@@ -101,6 +101,7 @@ def save_checkpoint(
         "sampler_rng": json.dumps(sampler.rng.bit_generator.state),
         "wall_s": result.wall_s,
         "config": json.dumps(dataclasses.asdict(model.recipe)),  # what built these weights
+        "normalizer": [sampler.norm.mean, sampler.norm.std],  # what the inputs were scaled by
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -264,3 +264,47 @@ def data_list(data: DataRoot = None, experiments: ExperimentsOpt = None) -> None
                 f"{t.meta.get('description', '')}"
             )
             _say(f"  classes: {', '.join(t.classes)}")
+
+
+@app.command()
+def embed(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A trial checkpoint (abl-out/checkpoints/KEY.pt) or export.")
+    ],
+    audio_dir: Annotated[Path, typer.Argument(help="Folder of audio files (searched deeply).")],
+    out: Annotated[Path, typer.Option("--out", help="Output file: .parquet or .npz.")],
+    encoder: Annotated[
+        str, typer.Option(help="context (online) or target (EMA) encoder.")
+    ] = "context",
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="List undecodable files and go on.")
+    ] = False,
+) -> None:
+    """Write one embedding per audio file (EVAR pooling: frequency tokens concatenated, mean
+    over time and chunks), with the file names."""
+    from orchestrator.embedding import embed_folder
+
+    with user_errors():
+        s = embed_folder(checkpoint, audio_dir, out, encoder, skip_bad, log=_say)
+    extra = f", {len(s.skipped)} skipped" if s.skipped else ""
+    _say(f"{s.files} files{extra} -> {s.out} ({s.dim}-d embeddings)")
+
+
+@app.command("export-best")
+def export_best(
+    experiments: Experiments = Path("experiments.yaml"),
+    out: Annotated[Path | None, typer.Option("--out", help="File to write (.pt).")] = None,
+    output: Output = None,
+) -> None:
+    """Save the study's best encoder (by mean validation accuracy over its probe tasks) with
+    its config, for `abl embed` and the HEAR-style module `model.hear`."""
+    from orchestrator.embedding import export_best as run_export
+    from orchestrator.spec import load_spec
+
+    with user_errors():
+        b = run_export(load_spec(experiments, output), out)
+    tests = ", ".join(f"{t} {v:.3f}" for t, v in b.test_accuracy.items())
+    _say(
+        f"best: {b.axis}={b.setting} seed={b.seed} (key {b.key[:10]}), mean validation "
+        f"accuracy {b.val_accuracy:.3f}; test accuracy {tests} -> {b.out}"
+    )

@@ -17,6 +17,8 @@ NON_SEMANTIC = {
     ("train", "log_every"),
     ("train", "eval_every"),
     ("train", "checkpoint_every"),
+    ("probe", "batch_size"),
+    ("probe", "knn_clips"),
 }
 
 

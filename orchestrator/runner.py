@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -20,9 +21,10 @@ from db import queries
 from db.engine import init_db, make_engine
 from model.config import FrontendConfig, RecipeConfig, TaskDef
 from model.datasets import PreparedTask, load_task, resolve_data_root
+from model.embed import clip_embeddings
 from model.errors import AblError
 from model.features import CropSampler, FeatureSet, Normalizer, corpus_normalizer, load_features
-from model.probe import embed_clips, linear_probe, logmel_stats
+from model.probe import embed_clips, knn_accuracy, linear_probe, logmel_stats
 from model.train import train
 from model.vit import ViT
 from orchestrator.grid import TrialSpec, axis_choices, expand, semantic_config, trial_key
@@ -73,6 +75,7 @@ class DataBank:
 class ProbeScores:
     metrics: dict[tuple[str, str], float] = field(default_factory=dict)
     seconds: float = 0.0
+    embed_s: float = 0.0  # of which computing embeddings
 
     @property
     def mean_accuracy(self) -> float:
@@ -80,33 +83,54 @@ class ProbeScores:
         return float(np.mean(accs)) if accs else float("nan")
 
 
-def score(
-    features_of: Callable[[FeatureSet], np.ndarray], recipe: RecipeConfig, bank: DataBank
-) -> ProbeScores:
+Features = Callable[[FeatureSet, str], np.ndarray]  # (feature set, "task-split") -> (n, dim)
+
+
+def score(features_of: Features, recipe: RecipeConfig, bank: DataBank) -> ProbeScores:
     """Probe every task of the recipe with clip features from `features_of`."""
     t0 = time.perf_counter()
     out = ProbeScores()
     limit = recipe.data.max_clips_per_class
     for task in recipe.probe.tasks:
         xs, ys = [], []
+        t_embed = time.perf_counter()
         for split in ("train", "val", "test"):
             fs = bank.features(task, split, recipe.frontend, limit)
-            xs.append(features_of(fs))
+            xs.append(features_of(fs, f"{task}-{split}"))
             ys.append(list(fs.labels))
-        r = linear_probe(
-            xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], recipe.probe.c_grid, recipe.probe.seeds
-        )
+        out.embed_s += time.perf_counter() - t_embed
+        r = linear_probe(xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], recipe.probe.c_grid)
         out.metrics[(task, "accuracy")] = r.accuracy
         out.metrics[(task, "macro_f1")] = r.macro_f1
+        out.metrics[(task, "val_accuracy")] = r.val_accuracy
+        out.metrics[(task, "c")] = r.c
     out.seconds = time.perf_counter() - t0
     return out
 
 
-def encoder_features(encoder: ViT, recipe: RecipeConfig, norm: Normalizer):
-    def f(fs: FeatureSet) -> np.ndarray:
-        return embed_clips(encoder, fs, norm, recipe.frontend.frames, recipe.probe.batch_size)
+def encoder_features(
+    encoder: ViT, recipe: RecipeConfig, norm: Normalizer, cache: Path | None = None
+) -> Features:
+    """Clip embeddings of a frozen encoder; with `cache`, each (task, split) is computed once
+    per checkpoint and kept there as .npy (a retried or re-scored trial reads them back)."""
+
+    def f(fs: FeatureSet, name: str) -> np.ndarray:
+        path = cache / f"{name}-{fs.key}.npy" if cache is not None else None
+        if path is not None and path.is_file():
+            return np.load(path)
+        x = embed_clips(encoder, fs, norm, recipe.frontend.frames, recipe.probe.batch_size)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.partial-{os.getpid()}.npy")
+            np.save(tmp, x)
+            os.replace(tmp, path)
+        return x
 
     return f
+
+
+def probed_encoder(model, recipe: RecipeConfig) -> ViT:  # noqa: ANN001
+    return model.encoder if recipe.probe.encoder == "context" else model.target_encoder
 
 
 @dataclass
@@ -204,7 +228,9 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
             recipe,
             sampler,
             trial.seed,
-            on_eval=intermediate_probe(st, trial, claim, run_id),
+            on_eval=(
+                intermediate_probe(st, trial, claim, run_id) if recipe.train.eval_every else None
+            ),
             checkpoint=ckpt,
         )
         if result.resumed_from:
@@ -218,8 +244,16 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         st.tracker.log_metrics(run_id, curves)
         if result.failed:
             raise TrialFailed(result.failed)
+        # A stale cache from an attempt whose weights were not final is dropped first.
+        emb_dir = st.spec.output / "embeddings" / trial.key
+        if not result.resumed_from or result.resumed_from < recipe.train.steps:
+            shutil.rmtree(emb_dir, ignore_errors=True)
         scores = score(
-            encoder_features(model.encoder, recipe, st.bank.normalizer(recipe)), recipe, st.bank
+            encoder_features(
+                probed_encoder(model, recipe), recipe, st.bank.normalizer(recipe), emb_dir
+            ),
+            recipe,
+            st.bank,
         )
     except TrialFailed as e:
         return _fail(st, trial, claim, run_id, row, str(e), time.perf_counter() - t0, log)
@@ -237,6 +271,8 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
             ("train", "samples_per_s"): result.samples_per_s,
             ("train", "train_s"): result.wall_s,
             ("train", "probe_s"): scores.seconds,
+            ("train", "embed_s"): scores.embed_s,
+            ("train", "probe_share"): scores.seconds / max(result.wall_s, 1e-9),
             ("train", "data_s"): data_s,
         }
     )
@@ -253,20 +289,31 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
 
 
 def intermediate_probe(st: Study, trial: TrialSpec, claim: Claim | None, run_id: str):
-    """The training hook: every `train.eval_every` steps, probe the first probe task with the
-    context encoder, log the accuracy as an `eval.<task>.accuracy` curve and report it to the
-    Optuna trial as an intermediate value (what a pruner reads)."""
+    """The training hook: every `train.eval_every` steps, the k-NN accuracy of the probed
+    encoder on the first probe task (a fixed subset of its train clips as the memory, its
+    validation clips as queries), logged as an `eval.<task>.knn` curve and reported to the
+    Optuna trial as an intermediate value (what a pruner reads). Seconds, no fitting."""
     recipe = trial.recipe
     task = recipe.probe.tasks[0]
-    probe_recipe = dataclasses.replace(
-        recipe, probe=dataclasses.replace(recipe.probe, tasks=(task,))
-    )
     norm = st.bank.normalizer(recipe)
+    train_fs = st.bank.features(task, "train", recipe.frontend, recipe.data.max_clips_per_class)
+    val_fs = st.bank.features(task, "val", recipe.frontend, recipe.data.max_clips_per_class)
+    n = min(len(train_fs), recipe.probe.knn_clips)
+    pick = np.random.default_rng(0).choice(len(train_fs), n, replace=False)
+    train_lms = [norm(train_fs.clip(int(i))) for i in pick]
+    train_y = [train_fs.labels[int(i)] for i in pick]
+    val_lms = [norm(val_fs.clip(i)) for i in range(len(val_fs))]
+    frames, bs = recipe.frontend.frames, recipe.probe.batch_size
 
-    def hook(step: int, model) -> bool:
-        scores = score(encoder_features(model.encoder, probe_recipe, norm), probe_recipe, st.bank)
-        acc = scores.metrics[(task, "accuracy")]
-        st.tracker.log_metrics(run_id, [(f"eval.{task}.accuracy", acc, step)])
+    def hook(step: int, model) -> bool:  # noqa: ANN001
+        enc = probed_encoder(model, recipe)
+        acc = knn_accuracy(
+            clip_embeddings(enc, train_lms, frames, bs),
+            train_y,
+            clip_embeddings(enc, val_lms, frames, bs),
+            list(val_fs.labels),
+        )
+        st.tracker.log_metrics(run_id, [(f"eval.{task}.knn", acc, step)])
         if claim is not None:
             st.ledger.report(claim, step, acc)
         return False  # no pruning: every cell of a designed grid runs to its budget
@@ -317,7 +364,7 @@ def run_references(st: Study, log: Log) -> None:
                 enc = ViT(recipe.encoder, recipe.frontend.n_mels, recipe.frontend.frames).eval()
                 scores = score(encoder_features(enc, recipe, norm), recipe, st.bank)
             else:
-                scores = score(lambda fs: logmel_stats(fs, norm), recipe, st.bank)
+                scores = score(lambda fs, _name: logmel_stats(fs, norm), recipe, st.bank)
             tags = {
                 "abl.role": "reference",
                 "abl.study": st.spec.study,

@@ -21,6 +21,7 @@ import yaml
 
 from model.byo import byo_source
 from model.config import DataConfig, RecipeConfig, TaskDef
+from model.embed import ENCODERS
 from model.errors import AblError
 from model.jepa import BRANCHES, LOSSES, TARGET_NORMS
 from model.masks import CURRICULUM, MASKERS, OVERLAP
@@ -76,6 +77,12 @@ class StudySpec:
     def mlflow_uri(self) -> str:
         return self.storage.mlflow or f"sqlite:///{(self.output / 'mlflow.db').resolve()}"
 
+
+# Settings earlier versions accepted, with why they went and what to do.
+REMOVED = {
+    "probe.seeds": "is gone: the probe is an exact convex fit with no seed; delete the key "
+    "(replicate with the top-level seeds)",
+}
 
 TOP_KEYS = {
     "study",
@@ -144,6 +151,8 @@ def build_dataclass(cls: type, data: Any, where: str, source: str) -> Any:
     known = {f.name for f in fields(cls)}
     kwargs = {}
     for key, value in data.items():
+        if f"{where}.{key}".endswith(tuple(REMOVED)):
+            raise AblError(f"{source}: {where}.{key} {REMOVED[where.split('.')[-1] + '.' + key]}")
         if key not in known:
             raise AblError(f"{source}: unknown key {where}.{key}; {_suggest(str(key), known)}")
         hint = hints[key]
@@ -314,6 +323,10 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
             )
     if not r.data.corpus:
         raise bad("data.corpus", "is empty; list at least one task, e.g. [env-sfx]")
+    if r.probe.encoder not in ENCODERS:
+        raise bad("probe.encoder", f"= {r.probe.encoder!r}; use one of {', '.join(ENCODERS)}")
+    if r.probe.knn_clips < 1 or r.probe.batch_size < 1:
+        raise bad("probe.knn_clips", "and probe.batch_size must be at least 1")
     if any(c <= 0 for c in r.probe.c_grid) or not r.probe.c_grid:
         raise bad("probe.c_grid", "must list positive regularisation values")
     if r.data.max_clips_per_class is not None and r.data.max_clips_per_class < 1:

@@ -41,7 +41,7 @@ def _tiny_experiments(tmp_path: Path, **overrides) -> Path:
     b["probe"]["tasks"] = ["env-sfx"]
     b["encoder"].update(depth=1, width=32, heads=2)
     b["predictor"].update(depth=1, width=16, heads=2)
-    b["train"].update(steps=3, batch_size=4, warmup_steps=1, log_every=1)
+    b["train"].update(steps=3, batch_size=4, warmup_steps=1, log_every=1, eval_every=1)
     b["probe"]["c_grid"] = [1.0]
     for k, v in overrides.items():
         spec[k] = v

@@ -58,11 +58,20 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
         assert run.data.tags["mlflow.parentRunId"]
         history = client.get_metric_history(run_id, "loss")
         assert [m.step for m in history] == [0, 1, 2]
+        # The intermediate k-NN signal at every evaluation step, and the probe's own costs.
+        knn = client.get_metric_history(run_id, "eval.env-sfx.knn")
+        assert [m.step for m in knn] == [1, 2, 3] and all(0 <= m.value <= 1 for m in knn)
+        assert 0 <= run.data.metrics["env-sfx.val_accuracy"] <= 1
+        assert run.data.metrics["train.probe_share"] > 0
+        # Embeddings are cached per trial (checkpoint), task and split.
+        cached = sorted(p.name.split("-")[2] for p in (out / "embeddings" / key).glob("*.npy"))
+        assert cached == ["test", "train", "val"]
 
     # Optuna ledger: both keys complete, with the axis recorded as a parameter.
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(t.params["masking"] for t in done) == ["time", "unstructured"]
+    assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in done)
 
     # A second run finds everything finished and trains nothing.
     again = runner.invoke(app, ["run", str(exp), "--no-report"])
@@ -109,3 +118,54 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
     ]
     got = table.query("metric == 'accuracy' and task == 'env-sfx'").set_index("setting")["value"]
     assert got.to_dict() == pytest.approx(dict(accs))
+
+
+def test_export_best_then_embed_real_audio(tmp_path, tiny_experiments, env_sfx):
+    exp = tiny_experiments()
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["run", str(exp), "--no-report"]).exit_code == 0
+
+    best = tmp_path / "best.pt"
+    res = runner.invoke(app, ["export-best", str(exp), "--out", str(best)])
+    assert res.exit_code == 0, res.output
+    db = sqlite3.connect(out / "results.db")
+    val = dict(
+        db.execute(
+            "select t.setting, m.value from metrics m join trials t on t.id = m.trial_id "
+            "where m.metric = 'val_accuracy' and t.axis != 'reference'"
+        ).fetchall()
+    )
+    # One seed: the chosen setting is the one with the best validation (never test) accuracy.
+    assert f"mean validation accuracy {max(val.values()):.3f}" in res.output
+    assert best.is_file()
+
+    # A folder of real files: three clips of the task and one that is not audio.
+    folder = tmp_path / "clips"
+    (folder / "sub").mkdir(parents=True)
+    clips = env_sfx.split("test", 1)[:3]
+    for i, c in enumerate(clips):
+        (folder / "sub" / f"clip{i}.flac").write_bytes(env_sfx.path(c).read_bytes())
+    (folder / "broken.wav").write_bytes(b"RIFF but not really a wave file")
+
+    target = tmp_path / "emb.parquet"
+    bad = runner.invoke(app, ["embed", str(best), str(folder), "--out", str(target)])
+    assert bad.exit_code == 2
+    assert "broken.wav" in bad.output and "--skip-bad" in bad.output
+    assert not target.exists()  # nothing half-written
+
+    ok = runner.invoke(app, ["embed", str(best), str(folder), "--out", str(target), "--skip-bad"])
+    assert ok.exit_code == 0, ok.output
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(target)
+    assert table.column("file").to_pylist() == [f"sub/clip{i}.flac" for i in range(3)]
+    emb = table.column("embedding").to_pylist()
+    assert len(emb) == 3 and len(emb[0]) == 5 * 32  # 5 frequency tokens x width 32
+
+    npz = tmp_path / "emb.npz"
+    ok = runner.invoke(app, ["embed", str(best), str(folder), "--out", str(npz), "--skip-bad"])
+    assert ok.exit_code == 0, ok.output
+    import numpy as np
+
+    z = np.load(npz)
+    assert np.allclose(z["embeddings"], np.array(emb, np.float32), atol=1e-6)

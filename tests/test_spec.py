@@ -132,3 +132,12 @@ def test_every_command_explains_itself():
         result = runner.invoke(app, args)
         assert result.exit_code == 0
         assert "Usage" in result.output
+
+
+def test_a_removed_setting_says_why_and_what_to_do(tmp_path):
+    spec = yaml.safe_load((Path(__file__).parents[1] / "experiments.yaml").read_text())
+    spec["baseline"]["probe"]["seeds"] = [0, 1]
+    f = tmp_path / "old.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    with pytest.raises(AblError, match=r"baseline\.probe\.seeds is gone: .*delete the key"):
+        load_spec(f)
