@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,15 +41,88 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+# Key of the PostgreSQL advisory lock that serialises migrations ("abl.db" in ASCII).
+_PG_MIGRATION_LOCK = int.from_bytes(b"abl.db", "big")
+# SQLite waits for its write lock up to the busy timeout; a few retries cover the rest
+# (switching a new file to WAL, a lock taken between two statements).
+_SQLITE_ATTEMPTS = 5
+
+
 def init_db(engine: Engine) -> None:
-    """Create the tables when missing; a clear error when the database cannot be reached."""
-    try:
-        Base.metadata.create_all(engine)
-    except OperationalError as e:
+    """Bring the results database to the newest schema (`alembic upgrade head`).
+
+    A new database gets every table; one made by the old `create_all` (the tables, no version
+    table) is stamped at the base revision, then upgraded. Workers that start together are
+    serialised: by an advisory lock on PostgreSQL, by the write lock (BEGIN IMMEDIATE) and a retry
+    on SQLite. A database that cannot be reached is a one-line AblError, password masked.
+    """
+    for attempt in range(_SQLITE_ATTEMPTS):
+        try:
+            with engine.connect() as conn:
+                _migrate(conn)
+            return
+        except OperationalError as e:
+            if _sqlite_contention(engine, e) and attempt + 1 < _SQLITE_ATTEMPTS:
+                time.sleep(0.1 * 2**attempt + random.random() * 0.1)
+                continue
+            raise AblError(
+                f"results database {mask_url(str(engine.url))} cannot be reached "
+                f"({_reason(engine, e)}); check `storage.results` in the experiments file"
+            ) from None
+
+
+def _migrate(conn: Connection) -> None:
+    """Upgrade to head in one transaction that holds the migration lock from its start."""
+    from alembic import command
+
+    from db.migrations import BASE_REVISION, VERSION_TABLE, alembic_config
+
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock before looking at anything
+    elif conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+    cfg = alembic_config(connection=conn)
+    tables = set(inspect(conn).get_table_names())
+    if VERSION_TABLE not in tables and tables & set(Base.metadata.tables):
+        _check_created_by_create_all(conn, tables)
+        command.stamp(cfg, BASE_REVISION)
+    command.upgrade(cfg, "head")
+    conn.commit()
+
+
+def _check_created_by_create_all(conn: Connection, tables: set[str]) -> None:
+    """Refuse to stamp results tables that are not exactly those of the base revision."""
+    from db.migrations import BASE_COLUMNS
+
+    insp = inspect(conn)
+    found = {
+        t: {c["name"] for c in insp.get_columns(t)} for t in sorted(tables & set(BASE_COLUMNS))
+    }
+    if found != BASE_COLUMNS:
+        odd = sorted(t for t in BASE_COLUMNS if found.get(t) != BASE_COLUMNS[t])
         raise AblError(
-            f"results database {mask_url(str(engine.url))} cannot be reached "
-            f"({type(e.orig).__name__}); check `storage.results` in the experiments file"
-        ) from None
+            f"results database {mask_url(str(conn.engine.url))} has results tables without a "
+            f"migration history that do not match abl's first schema (tables {', '.join(odd)}); "
+            "point `storage.results` at its own database (not Optuna's or MLflow's: they have "
+            "tables of these names) or move this one aside"
+        )
+
+
+def _sqlite_contention(engine: Engine, e: OperationalError) -> bool:
+    """A transient SQLite error from another process working on the same file."""
+    msg = str(e.orig).lower()
+    return engine.dialect.name == "sqlite" and any(
+        s in msg for s in ("locked", "busy", "already exists")
+    )
+
+
+def _reason(engine: Engine, e: OperationalError) -> str:
+    """The driver's error in one short line, the password (if any) removed."""
+    detail = " ".join(str(e.orig).split())[:200]
+    password = engine.url.password
+    if password:
+        detail = detail.replace(str(password), "***")
+    return f"{type(e.orig).__name__}: {detail}" if detail else type(e.orig).__name__
 
 
 @contextmanager

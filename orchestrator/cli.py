@@ -60,6 +60,9 @@ def run(
         bool, typer.Option("--dry-run", help="Print the trials; run nothing.")
     ] = False,
     report: Annotated[bool, typer.Option(help="Render the reports when the study ends.")] = True,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Local worker processes (cores split evenly).")
+    ] = 1,
 ) -> None:
     """Run every trial of a study that has not finished yet, then render its reports."""
     from orchestrator.grid import expand
@@ -75,7 +78,13 @@ def run(
             return
         from orchestrator.runner import run_study
 
-        summary = run_study(spec, _say)
+        if jobs < 1:
+            raise AblError(f"--jobs {jobs}: use 1 or more worker processes")
+        try:
+            summary = run_study(spec, _say, jobs)
+        except KeyboardInterrupt:
+            _say("stopped: the running trial was released; `abl run` again resumes it")
+            raise typer.Exit(130) from None
         _say(
             f"study {spec.study}: ran {summary.ran}, failed {summary.failed}, "
             f"already finished {summary.skipped}, in {summary.seconds:.0f}s"
@@ -86,6 +95,45 @@ def run(
         _say(f"results: {spec.results_url}")
         _say(f"mlflow:  {spec.mlflow_uri}")
         _say(f"browse:  abl ui {experiments}   (MLflow UI on http://127.0.0.1:5000)")
+
+
+@app.command()
+def worker(
+    experiments: Experiments = Path("experiments.yaml"),
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage URL shared by the workers (overrides the file)."),
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (overrides the file).")] = None,
+    output: Output = None,
+) -> None:
+    """Join a study as one more worker (on this or another machine): claim and run its waiting
+    trials until none is left. Point `storage:` of the experiments file (or --storage) at a
+    PostgreSQL database every machine reaches; `abl run` there enqueues the trials."""
+    import dataclasses
+
+    from orchestrator.grid import expand
+    from orchestrator.runner import open_study, work
+    from orchestrator.spec import load_spec
+
+    with user_errors():
+        spec = load_spec(experiments, output)
+        if storage:
+            spec = dataclasses.replace(
+                spec, storage=dataclasses.replace(spec.storage, optuna=storage)
+            )
+        if study:
+            spec = dataclasses.replace(spec, study=study)
+        st = open_study(spec)
+        trials = expand(spec)
+        st.ledger.reap()
+        st.ledger.sync(trials, spec.max_attempts)
+        try:
+            ran, failed = work(st, trials, _say)
+        except KeyboardInterrupt:
+            _say("stopped: the running trial was released; another worker resumes it")
+            raise typer.Exit(130) from None
+        _say(f"worker done: ran {ran}, failed {failed}")
 
 
 def _render(spec, axes: list[str]) -> list[Path]:  # noqa: ANN001

@@ -1,4 +1,8 @@
-"""Expand a study spec into trial cells keyed by a content hash of config plus seed."""
+"""Expand a study spec into trial cells keyed by a content hash of config plus seed.
+
+Every design (ofat, factorial, list) yields the same kind of cell, and the key depends on the
+resolved recipe and the seed only, so a cell reached by two designs is one result.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from model.config import RecipeConfig
-from orchestrator.spec import StudySpec, with_value
+from orchestrator.spec import (
+    StudySpec,
+    cell_text,
+    factorial_cells,
+    setting_text,
+    with_value,
+)
 
 # Settings that change where or how verbosely a trial runs, not what it computes.
 NON_SEMANTIC = {
@@ -20,12 +30,6 @@ NON_SEMANTIC = {
     ("probe", "batch_size"),
     ("probe", "knn_clips"),
 }
-
-
-def setting_text(value: Any) -> str:
-    if isinstance(value, tuple | list):
-        return "x".join(str(v) for v in value)
-    return str(value)
 
 
 def semantic_config(recipe: RecipeConfig) -> dict[str, Any]:
@@ -44,8 +48,8 @@ def trial_key(recipe: RecipeConfig, seed: int) -> str:
 class TrialSpec:
     key: str
     seed: int
-    axis: str  # the axis varied, or "baseline"
-    setting: str  # that axis' value as text, or "baseline"
+    axis: str  # the axis varied (ofat), "factorial", "config" (list), or "baseline"
+    setting: str  # that axis' value, the cell's "axis=value,..." text, the entry's name
     settings: dict[str, str]  # every axis' value in this trial, by axis name
     recipe: RecipeConfig
 
@@ -65,7 +69,11 @@ def baseline_settings(spec: StudySpec) -> dict[str, str]:
 
 
 def axis_choices(spec: StudySpec) -> dict[str, list[str]]:
-    """Every value an axis can take in the study (its baseline value first)."""
+    """Every value an axis can take in the study (its baseline value first).
+
+    The keys are those of every trial's `settings` in every design (a list design's axes are
+    the paths its entries set), so each Optuna categorical holds the value the trial fixed.
+    """
     base = baseline_settings(spec)
     return {
         a.name: list(dict.fromkeys([base[a.name], *(setting_text(v) for v in a.values)]))
@@ -73,12 +81,13 @@ def axis_choices(spec: StudySpec) -> dict[str, list[str]]:
     }
 
 
-def expand(spec: StudySpec) -> list[TrialSpec]:
+Cell = tuple[str, str, dict[str, str], RecipeConfig]  # axis, setting, settings, recipe
+
+
+def _ofat_cells(spec: StudySpec) -> list[Cell]:
     """One-factor-at-a-time: the baseline, then each axis value that differs from it."""
     base_settings = baseline_settings(spec)
-    cells: list[tuple[str, str, dict[str, str], RecipeConfig]] = [
-        ("baseline", "baseline", base_settings, spec.baseline)
-    ]
+    cells: list[Cell] = [("baseline", "baseline", base_settings, spec.baseline)]
     for a in spec.axes:
         for v in a.values:
             recipe = with_value(spec.baseline, a.path, v)
@@ -87,6 +96,42 @@ def expand(spec: StudySpec) -> list[TrialSpec]:
             cells.append(
                 (a.name, setting_text(v), {**base_settings, a.name: setting_text(v)}, recipe)
             )
+    return cells
+
+
+def _factorial_cells(spec: StudySpec) -> list[Cell]:
+    """Every combination of the crossed axes' values; the other axes stay at the baseline.
+
+    The baseline is a cell only when each crossed axis lists its baseline value.
+    """
+    base_settings = baseline_settings(spec)
+    return [
+        (
+            "factorial",
+            cell_text(cell),
+            {**base_settings, **{a.name: setting_text(v) for a, v in cell}},
+            recipe,
+        )
+        for cell, recipe in factorial_cells(spec.baseline, spec.crossed_axes)
+    ]
+
+
+def _list_cells(spec: StudySpec) -> list[Cell]:
+    """The baseline, then each listed configuration, named by its entry."""
+    base_settings = baseline_settings(spec)
+    cells: list[Cell] = [("baseline", "baseline", base_settings, spec.baseline)]
+    for c in spec.configs:
+        settings = {**base_settings, **{p: setting_text(v) for p, v in c.values}}
+        cells.append(("config", c.name, settings, c.apply(spec.baseline)))
+    return cells
+
+
+DESIGN_CELLS = {"ofat": _ofat_cells, "factorial": _factorial_cells, "list": _list_cells}
+
+
+def expand(spec: StudySpec) -> list[TrialSpec]:
+    """The design's cells once per seed; a cell whose key already came up is not repeated."""
+    cells = DESIGN_CELLS[spec.design](spec)
     out: list[TrialSpec] = []
     seen: set[str] = set()
     for seed in spec.seeds:

@@ -9,12 +9,17 @@ failed is enqueued again until it has used `max_attempts`.
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 
 import optuna
+from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
+from db.engine import mask_url
+from model.errors import AblError
 from orchestrator.grid import TrialSpec
 
 optuna.logging.set_verbosity(logging.WARNING)
@@ -27,11 +32,26 @@ class Claim:
     key: str
 
 
+# A worker beats every HEARTBEAT_S seconds while it runs a trial; a RUNNING trial whose last
+# beat is older than GRACE_S belonged to a worker that died (killed, machine lost) and is failed
+# by the next worker that looks, so the ledger enqueues it again.
+HEARTBEAT_S = int(os.environ.get("ABL_HEARTBEAT_S", "15"))
+GRACE_S = int(os.environ.get("ABL_GRACE_S", "60"))
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     kwargs = (
         {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     )
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+        )
+    except (SQLAlchemyError, StorageInternalError, ValueError, ImportError) as e:
+        raise AblError(
+            f"Optuna storage {mask_url(url)} cannot be opened ({type(e).__name__}); check "
+            "`storage.optuna` in the experiments file and that the server is up"
+        ) from None
 
 
 class Ledger:
@@ -45,11 +65,36 @@ class Ledger:
         )
 
     def states(self) -> dict[str, list[TrialState]]:
+        """Each key's attempts; an attempt released by Ctrl-C is not counted as one."""
         by_key: dict[str, list[TrialState]] = defaultdict(list)
         for t in self.study.get_trials(deepcopy=False):
-            if "key" in t.user_attrs:
+            if "key" in t.user_attrs and not t.user_attrs.get("released"):
                 by_key[t.user_attrs["key"]].append(t.state)
         return by_key
+
+    def reap(self) -> list[str]:
+        """Fail the RUNNING trials whose worker stopped beating; returns their keys."""
+        sid = self.study._study_id
+        stale = self.storage._get_stale_trial_ids(sid)
+        keys = []
+        for tid in stale:
+            try:
+                # The reason first: a finished trial takes no more attributes.
+                self.storage.set_trial_user_attr(
+                    tid, "error", f"worker lost: no heartbeat for {GRACE_S} s"
+                )
+                if self.storage.set_trial_state_values(tid, TrialState.FAIL):
+                    keys.append(self.storage.get_trial(tid).user_attrs.get("key", "?"))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker reaped it first
+        return keys
+
+    def heartbeat(self, claim: Claim):
+        """A context manager beating for the claimed trial in a background thread."""
+        from optuna.storages._heartbeat import get_heartbeat_thread
+
+        self.storage.record_heartbeat(claim.trial_id)
+        return get_heartbeat_thread(claim.trial_id, self.storage)
 
     def sync(self, trials: list[TrialSpec], max_attempts: int) -> list[TrialSpec]:
         """Enqueue every cell that still has to run; return them in grid order."""
@@ -79,8 +124,26 @@ class Ledger:
             if key is None or (wanted is not None and key not in wanted):
                 continue
             if self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
-                return Claim(t._trial_id, t.number, key)
+                claim = Claim(t._trial_id, t.number, key)
+                if self._taken(claim):
+                    # Two workers synced at once and enqueued the key twice: this copy goes.
+                    self.fail(claim, "duplicate of a trial already run or running", True)
+                    continue
+                return claim
         return None
+
+    def _taken(self, claim: Claim) -> bool:
+        """Whether another trial of the claim's key is complete, or running and older (of two
+        copies claimed at the same moment, the older one runs)."""
+        sid = self.study._study_id
+        for t in self.storage.get_all_trials(
+            sid, deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
+        ):
+            if t.user_attrs.get("key") != claim.key or t._trial_id == claim.trial_id:
+                continue
+            if t.state == TrialState.COMPLETE or t._trial_id < claim.trial_id:
+                return True
+        return False
 
     def record_params(
         self, claim: Claim, settings: dict[str, str], choices: dict[str, list[str]]
@@ -98,6 +161,10 @@ class Ledger:
     def complete(self, claim: Claim, value: float) -> None:
         self.study.tell(claim.number, value)
 
-    def fail(self, claim: Claim, reason: str) -> None:
+    def fail(self, claim: Claim, reason: str, released: bool = False) -> None:
+        """Close an attempt as failed; `released` (Ctrl-C, a stopped worker) keeps it from
+        counting against the key's attempts, so the next run simply runs it again."""
         self.storage.set_trial_user_attr(claim.trial_id, "error", reason[:500])
+        if released:
+            self.storage.set_trial_user_attr(claim.trial_id, "released", True)
         self.study.tell(claim.number, state=TrialState.FAIL)

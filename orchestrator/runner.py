@@ -171,6 +171,8 @@ def open_study(spec: StudySpec) -> Study:
             "design": spec.design,
             "seeds": list(spec.seeds),
             "axes": [dataclasses.asdict(a) for a in spec.axes],
+            "configs": [dataclasses.asdict(c) for c in spec.configs],
+            "crossed": list(spec.crossed),
             "baseline": dataclasses.asdict(spec.baseline),
         },
         sort_keys=True,
@@ -257,10 +259,16 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         )
     except TrialFailed as e:
         return _fail(st, trial, claim, run_id, row, str(e), time.perf_counter() - t0, log)
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ctrl-C or a stop signal: release the trial. The attempt does not count, the
+        # checkpoint keeps the training done so far, and the next run resumes it.
+        reason = f"released: worker stopped ({type(e).__name__})"
+        _fail(st, trial, claim, run_id, row, reason, time.perf_counter() - t0, log, True)
+        raise
     except BaseException as e:
-        # An internal error or Ctrl-C: close the attempt as failed (a later run retries it),
-        # then let the error through with its traceback.
-        reason = f"interrupted by {type(e).__name__}: {e}"[:500]
+        # An internal error: close the attempt as failed (a later run retries it), then let
+        # the error through with its traceback.
+        reason = f"internal error {type(e).__name__}: {e}"[:500]
         _fail(st, trial, claim, run_id, row, reason, time.perf_counter() - t0, log)
         raise
     wall = time.perf_counter() - t0
@@ -334,12 +342,13 @@ def _fail(
     reason: str,
     wall: float,
     log: Log,
+    released: bool = False,
 ) -> bool:
     st.tracker.set_tags(run_id, {"abl.error": reason[:500]})
     st.tracker.end_run(run_id, ok=False)
     queries.finish_trial(st.engine, row, {}, wall, run_id, error=reason)
     if claim is not None:
-        st.ledger.fail(claim, reason)
+        st.ledger.fail(claim, reason, released)
     log(f"  FAILED {trial.label}: {reason}")
     return False
 
@@ -404,22 +413,87 @@ class RunSummary:
     seconds: float
 
 
-def run_study(spec: StudySpec, log: Log = print) -> RunSummary:
+def work(st: Study, trials: list[TrialSpec], log: Log, name: str = "") -> tuple[int, int]:
+    """Claim and run trials of `trials` until none is waiting; returns (finished, failed).
+
+    Each claimed trial beats a heartbeat while it runs; before each claim, trials of workers
+    that stopped beating are failed, so the ledger hands them out again."""
+    by_key = {t.key: t for t in trials}
+    ran = failed = 0
+    while True:
+        lost = [by_key[k] for k in st.ledger.reap() if k in by_key]
+        for t in lost:
+            log(f"{name}  worker lost on {t.label}: failed; enqueued again if attempts remain")
+        st.ledger.sync(lost, st.spec.max_attempts)
+        claim = st.ledger.claim(set(by_key))
+        if claim is None:
+            return ran, failed
+        trial = by_key[claim.key]
+        log(f"{name}[{ran + failed + 1}] {trial.label} (key {trial.key[:10]})")
+        with st.ledger.heartbeat(claim):
+            ok = run_trial(st, trial, claim, log)
+        ran += ok
+        failed += not ok
+
+
+def _worker_process(spec: StudySpec, threads: int, index: int, queue) -> None:  # noqa: ANN001
+    """Entry point of a local worker process (spawned: no state shared with the parent)."""
+    torch.set_num_threads(threads)
+    name = f"w{index} "
+    try:
+        st = open_study(spec)
+        ran, failed = work(st, expand(spec), lambda m: print(m, flush=True), name)
+        queue.put((ran, failed))
+    except KeyboardInterrupt:
+        queue.put((0, 0))
+
+
+def threads_per_worker(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def run_study(spec: StudySpec, log: Log = print, jobs: int = 1) -> RunSummary:
+    """Sync the grid into the ledger, run the references, then work through the trials with
+    `jobs` local workers (separate processes when more than one, threads split between them).
+    Everything shared (databases, the MLflow experiment and parent run) is created here once,
+    before any worker starts."""
     t0 = time.perf_counter()
     trials = expand(spec)
     st = open_study(spec)
+    st.ledger.reap()  # trials of workers that died since the last run
     todo = st.ledger.sync(trials, spec.max_attempts)
     log(
         f"study {spec.study}: {len(trials)} trials, {len(trials) - len(todo)} already finished, "
-        f"{len(todo)} to run"
+        f"{len(todo)} to run" + (f" on {jobs} workers" if jobs > 1 else "")
     )
     run_references(st, log)
-    by_key = {t.key: t for t in trials}
-    ran = failed = 0
-    while (claim := st.ledger.claim(set(by_key))) is not None:
-        trial = by_key[claim.key]
-        log(f"[{ran + failed + 1}/{len(todo)}] {trial.label} (key {trial.key[:10]})")
-        ok = run_trial(st, trial, claim, log)
-        ran += ok
-        failed += not ok
+    if jobs <= 1 or len(todo) <= 1:
+        ran, failed = work(st, trials, log)
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        threads = threads_per_worker(jobs)
+        procs = [
+            ctx.Process(target=_worker_process, args=(spec, threads, i, queue), daemon=False)
+            for i in range(min(jobs, len(todo)))
+        ]
+        for p in procs:
+            p.start()
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:
+            # The workers got the same Ctrl-C: each releases its trial and exits.
+            for p in procs:
+                p.join(timeout=60)
+            raise
+        ran = failed = 0
+        while not queue.empty():
+            r, f = queue.get()
+            ran, failed = ran + r, failed + f
+        lost = [p.exitcode for p in procs if p.exitcode]
+        if lost:
+            log(f"{len(lost)} worker(s) exited abnormally (codes {lost}); their trials run again")
     return RunSummary(len(trials), ran, failed, len(trials) - len(todo), time.perf_counter() - t0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
 import math
 import re
@@ -27,7 +28,10 @@ from model.jepa import BRANCHES, LOSSES, TARGET_NORMS
 from model.masks import CURRICULUM, MASKERS, OVERLAP
 from model.sources import TASKS
 
-DESIGNS = ("ofat",)
+DESIGNS = ("ofat", "factorial", "list")
+# A full cross grows as the product of the value counts; past this many cells a typo (one value
+# too many on three axes) would silently queue days of training, so the file is refused instead.
+MAX_FACTORIAL_CELLS = 256
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 
@@ -37,6 +41,24 @@ class Axis:
     name: str  # what reports call it, e.g. "masking"
     path: str  # dotted path into the recipe, e.g. "mask.strategy"
     values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    """One configuration of a `design: list` study: recipe paths moved away from the baseline.
+
+    Only the values are kept, not the resulting recipe, so the entry stays right when the
+    baseline it applies to is replaced.
+    """
+
+    name: str  # what reports call it; by default the compact text of its values
+    values: tuple[tuple[str, Any], ...]  # (dotted path, coerced value), in the file's order
+
+    def apply(self, baseline: RecipeConfig) -> RecipeConfig:
+        recipe = baseline
+        for path, value in self.values:
+            recipe = with_value(recipe, path, value)
+        return recipe
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,17 @@ class StudySpec:
     baseline: RecipeConfig
     storage: StorageSpec
     max_attempts: int = 2
+    # design: list: the entries. Its `axes` are then derived: one per dotted path the entries
+    # set, named by the path, so every trial's settings still give a value per axis.
+    configs: tuple[ConfigEntry, ...] = ()
+    # design: factorial: the names of the axes crossed; empty crosses every axis. The others
+    # stay at their baseline value in every cell.
+    crossed: tuple[str, ...] = ()
+
+    @property
+    def crossed_axes(self) -> tuple[Axis, ...]:
+        """The axes a factorial design crosses, in the order of `axes`."""
+        return tuple(a for a in self.axes if not self.crossed or a.name in self.crossed)
 
     def axis(self, name_or_path: str) -> Axis:
         for a in self.axes:
@@ -93,12 +126,21 @@ TOP_KEYS = {
     "baseline",
     "storage",
     "max_attempts",
+    "configs",
+    "crossed",
 }
 
 
 def _suggest(key: str, known: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
     return f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+
+
+def setting_text(value: Any) -> str:
+    """A value as reports, trial labels and Optuna params show it: (16, 8) -> "16x8"."""
+    if isinstance(value, tuple | list):
+        return "x".join(str(v) for v in value)
+    return str(value)
 
 
 def _coerce(value: Any, hint: Any, where: str, source: str) -> Any:
@@ -198,20 +240,27 @@ def _parse_task_defs(raw: Any, where: str, source: str) -> tuple[TaskDef, ...]:
     return tuple(out)
 
 
-def recipe_field(path: str, source: str) -> tuple[type, str]:
-    """(section dataclass, field) for a dotted axis path like "mask.ratio"."""
+def recipe_field(path: str, source: str, what: str = "axis path") -> tuple[type, str]:
+    """(section dataclass, field) for a dotted recipe path like "mask.ratio".
+
+    `what` names where the path was written ("axis path", "configs[2] path") so the message
+    points at the right line of the file.
+    """
     parts = path.split(".")
-    sections = {f.name: f.type for f in fields(RecipeConfig)}
     hints = typing.get_type_hints(RecipeConfig)
+    sections = {f.name for f in fields(RecipeConfig)}
     if len(parts) != 2 or parts[0] not in sections:
+        every = [f"{s}.{f.name}" for s in sorted(sections) for f in fields(hints[s])]
+        close = difflib.get_close_matches(path, every, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise AblError(
-            f"{source}: axis path {path!r} must be section.setting with a section among "
-            f"{', '.join(sorted(sections))}"
+            f"{source}: {what} {path!r} must be section.setting with a section among "
+            f"{', '.join(sorted(sections))}{hint}"
         )
     section = hints[parts[0]]
-    names = {f.name for f in fields(section)}
-    if parts[1] not in names:
-        raise AblError(f"{source}: unknown axis path {path!r}; {_suggest(parts[1], names)}")
+    names = {f"{parts[0]}.{f.name}" for f in fields(section)}
+    if path not in names:
+        raise AblError(f"{source}: unknown {what} {path!r}; {_suggest(path, names)}")
     return section, parts[1]
 
 
@@ -274,8 +323,15 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
             f"= [{pf}, {pt}] does not tile the {fe.n_mels} x {fe.frames} input; choose sizes "
             "that divide frontend.n_mels and frontend.frames",
         )
-    if (fe.n_mels // pf) * (fe.frames // pt) < 2:
+    tokens = (fe.n_mels // pf) * (fe.frames // pt)
+    if tokens < 2:
         raise bad("encoder.patch", "leaves fewer than 2 tokens; use smaller patches")
+    if m.target_blocks > tokens:
+        raise bad(
+            "mask.target_blocks",
+            f"= {m.target_blocks} exceeds the {tokens} patches of the {fe.n_mels} x "
+            f"{fe.frames} input with encoder.patch = [{pf}, {pt}]; use at most {tokens}",
+        )
     for key, width, heads in (
         ("encoder", enc.width, enc.heads),
         ("predictor", pred.width, pred.heads),
@@ -333,7 +389,8 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("data.max_clips_per_class", "must be at least 1 or null")
 
 
-def _parse_axes(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Axis, ...]:
+def _parse_axes(raw: Any, source: str) -> tuple[Axis, ...]:
+    """Axes with their values coerced; which values must be valid recipes depends on the design."""
     if not isinstance(raw, dict) or not raw:
         raise AblError(
             f"{source}: axes must be a non-empty mapping, e.g. "
@@ -366,12 +423,151 @@ def _parse_axes(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Axis, ..
             raise AblError(f"{source}: axes.{name}.values has duplicates; list each value once")
         if any(a.path == path for a in axes) or any(a.name == name for a in axes):
             raise AblError(f"{source}: axis {name!r} ({path}) is given twice; merge them")
-        for v in coerced:
-            validate_recipe(
-                with_value(baseline, str(path), v), f"axes.{name} value {v!r}: ", source
-            )
         axes.append(Axis(name, str(path), coerced))
     return tuple(axes)
+
+
+def _validate_around_baseline(axes: tuple[Axis, ...], baseline: RecipeConfig, source: str) -> None:
+    """Each value with every other setting at the baseline: the cells one factor at a time."""
+    for a in axes:
+        for v in a.values:
+            validate_recipe(with_value(baseline, a.path, v), f"axes.{a.name} value {v!r}: ", source)
+
+
+def cell_text(cell: tuple[tuple[Axis, Any], ...]) -> str:
+    """A factorial cell as "masking=time,mask.ratio=0.4" (axis names, in the order of axes)."""
+    return ",".join(f"{a.name}={setting_text(v)}" for a, v in cell)
+
+
+def factorial_cells(
+    baseline: RecipeConfig, axes: tuple[Axis, ...]
+) -> list[tuple[tuple[tuple[Axis, Any], ...], RecipeConfig]]:
+    """Every combination of the axes' values, each with its recipe (the baseline elsewhere)."""
+    cells = []
+    for combo in itertools.product(*(a.values for a in axes)):
+        cell = tuple(zip(axes, combo, strict=True))
+        recipe = baseline
+        for a, v in cell:
+            recipe = with_value(recipe, a.path, v)
+        cells.append((cell, recipe))
+    return cells
+
+
+def _parse_crossed(raw: Any, axes: tuple[Axis, ...], source: str) -> tuple[str, ...]:
+    """`crossed: [masking, mask.ratio]` -> axis names (a path names its axis too)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise AblError(
+            f"{source}: crossed must be a non-empty list of axis names, e.g. "
+            "crossed: [masking, mask.ratio]; omit it to cross every axis"
+        )
+    names: list[str] = []
+    for item in raw:
+        match = next((a for a in axes if str(item) in (a.name, a.path)), None)
+        if match is None:
+            known = [a.name for a in axes]
+            close = difflib.get_close_matches(str(item), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"axes: {', '.join(known)}"
+            raise AblError(f"{source}: crossed names unknown axis {item!r}; {hint}")
+        if match.name in names:
+            raise AblError(f"{source}: crossed lists axis {match.name!r} twice; list it once")
+        names.append(match.name)
+    return tuple(names)
+
+
+def _validate_factorial(
+    axes: tuple[Axis, ...], crossed: tuple[str, ...], baseline: RecipeConfig, source: str
+) -> None:
+    """Refuse a cross too large to run, then check every cell as the recipe it will train.
+
+    Crossed values are checked in their cells, not beside the baseline: widths [128, 256] and
+    heads [4, 8] are fine crossed, although 128 with the baseline's 3 heads is not.
+    """
+    on = tuple(a for a in axes if not crossed or a.name in crossed)
+    n = math.prod(len(a.values) for a in on)
+    if n > MAX_FACTORIAL_CELLS:
+        sizes = " x ".join(f"{len(a.values)} ({a.name})" for a in on)
+        raise AblError(
+            f"{source}: design: factorial crosses {sizes} = {n} cells, more than "
+            f"{MAX_FACTORIAL_CELLS}; use fewer values, cross fewer axes with `crossed:`, "
+            "or use design: ofat"
+        )
+    # Axes left out of the cross never leave the baseline, but their values must still be
+    # settings the recipe accepts, as they would be one factor at a time.
+    _validate_around_baseline(tuple(a for a in axes if a not in on), baseline, source)
+    for cell, recipe in factorial_cells(baseline, on):
+        validate_recipe(recipe, f"factorial cell {cell_text(cell)}: ", source)
+
+
+def _parse_configs(raw: Any, baseline: RecipeConfig, source: str) -> tuple[ConfigEntry, ...]:
+    """`configs: [{name: m2d-like, mask.ratio: 0.7}, ...]`, values checked as axis values are."""
+    # grid imports this module; the content key is its business, so borrow it at call time.
+    from orchestrator.grid import semantic_config
+
+    if not isinstance(raw, list) or not raw:
+        raise AblError(
+            f"{source}: configs must be a non-empty list of entries like "
+            "{name: m2d-like, mask.strategy: unstructured, mask.ratio: 0.7}"
+        )
+    entries: list[ConfigEntry] = []
+    seen: list[tuple[str, dict[str, Any]]] = [("the baseline", semantic_config(baseline))]
+    for i, body in enumerate(raw):
+        where = f"configs[{i}]"
+        if not isinstance(body, dict):
+            raise AblError(
+                f"{source}: {where} must be a mapping of section.setting: value with an "
+                f"optional name, e.g. {{name: m2d-like, mask.ratio: 0.7}}; got {body!r}"
+            )
+        name = body.get("name")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise AblError(f"{source}: {where}.name must be a non-empty text, got {name!r}")
+        values: list[tuple[str, Any]] = []
+        for path, value in body.items():
+            if path == "name":
+                continue
+            section, key = recipe_field(str(path), source, f"{where} path")
+            hint = typing.get_type_hints(section)[key]
+            values.append((str(path), _coerce(value, hint, f"{where}.{path}", source)))
+        if not values:
+            raise AblError(
+                f"{source}: {where} sets no recipe path; add one like mask.ratio: 0.7 "
+                "or delete the entry"
+            )
+        entry = ConfigEntry(
+            name or ",".join(f"{p}={setting_text(v)}" for p, v in values), tuple(values)
+        )
+        recipe = entry.apply(baseline)
+        validate_recipe(recipe, f"{where} ({entry.name}): ", source)
+        config = semantic_config(recipe)
+        for other, other_config in seen:
+            if config == other_config:
+                fix = (
+                    ", which always runs; change a setting or delete the entry"
+                    if other == "the baseline"
+                    else "; delete one of them"
+                )
+                raise AblError(
+                    f"{source}: {where} ({entry.name}) runs the same trial as {other}{fix}"
+                )
+        for j, e in enumerate(entries):
+            if e.name == entry.name:
+                raise AblError(
+                    f"{source}: {where}.name {entry.name!r} is also the name of configs[{j}]; "
+                    "give each entry its own name"
+                )
+        seen.append((f"{where} ({entry.name})", config))
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _config_axes(configs: tuple[ConfigEntry, ...]) -> tuple[Axis, ...]:
+    """The axes of a list design: each path any entry sets, with the values the entries give."""
+    by_path: dict[str, dict[str, Any]] = {}
+    for c in configs:
+        for path, value in c.values:
+            by_path.setdefault(path, {}).setdefault(repr(value), value)
+    return tuple(Axis(p, p, tuple(vals.values())) for p, vals in by_path.items())
 
 
 def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
@@ -403,7 +599,29 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
         )
     design = raw.get("design", "ofat")
     if design not in DESIGNS:
-        raise AblError(f"{source}: design = {design!r}; use one of {', '.join(DESIGNS)}")
+        close = difflib.get_close_matches(str(design), DESIGNS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(DESIGNS)}"
+        raise AblError(f"{source}: design = {design!r} is unknown; {hint}")
+    if "configs" in raw and design != "list":
+        raise AblError(
+            f"{source}: configs is read only by design: list (design is {design!r}); "
+            "set design: list or delete configs"
+        )
+    if "crossed" in raw and design != "factorial":
+        raise AblError(
+            f"{source}: crossed is read only by design: factorial (design is {design!r}); "
+            "set design: factorial or delete crossed"
+        )
+    if design == "list" and "configs" not in raw:
+        raise AblError(
+            f"{source}: design: list needs configs, a list of entries like "
+            "{name: m2d-like, mask.strategy: unstructured, mask.ratio: 0.7}"
+        )
+    if design == "list" and "axes" in raw:
+        raise AblError(
+            f"{source}: axes is not read by design: list (each entry of configs sets its own "
+            "paths); delete axes, or use design: ofat or factorial"
+        )
     seeds = raw.get("seeds", [0])
     if (
         not isinstance(seeds, list)
@@ -417,7 +635,18 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
         raise AblError(f"{source}: max_attempts must be an integer >= 1")
     baseline = build_dataclass(RecipeConfig, raw.get("baseline"), "baseline", source)
     validate_recipe(baseline, "baseline.", source)
-    axes = _parse_axes(raw.get("axes"), baseline, source)
+    configs: tuple[ConfigEntry, ...] = ()
+    crossed: tuple[str, ...] = ()
+    if design == "list":
+        configs = _parse_configs(raw["configs"], baseline, source)
+        axes = _config_axes(configs)
+    else:
+        axes = _parse_axes(raw.get("axes"), source)
+    if design == "ofat":
+        _validate_around_baseline(axes, baseline, source)
+    elif design == "factorial":
+        crossed = _parse_crossed(raw.get("crossed"), axes, source)
+        _validate_factorial(axes, crossed, baseline, source)
     storage = build_dataclass(StorageSpec, raw.get("storage"), "storage", source)
     out = output if output is not None else raw.get("output", "abl-out")
     if not isinstance(out, str | Path):
@@ -436,4 +665,6 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
         baseline=baseline,
         storage=storage,
         max_attempts=max_attempts,
+        configs=configs,
+        crossed=crossed,
     )

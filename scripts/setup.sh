@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the real-audio tasks come from (see README, "Data").
-APT_PACKAGES=(0ad-data fluid-soundfont-gm libfluidsynth3 fillets-ng-data-cs fillets-ng-data-nl espeak-ng)
+# postgresql: the server binary the PostgreSQL tests start on loopback (tests/pg.py).
+APT_PACKAGES=(0ad-data fluid-soundfont-gm libfluidsynth3 fillets-ng-data-cs fillets-ng-data-nl espeak-ng postgresql)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from orchestrator.grid import expand, trial_key
+import yaml
+
+from orchestrator.grid import axis_choices, expand, trial_key
 from orchestrator.spec import Axis, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +57,224 @@ def test_adding_a_value_keeps_existing_keys():
     small = spec_with(axes=(Axis("masking", "mask.strategy", ("time",)),))
     big = spec_with(axes=(Axis("masking", "mask.strategy", ("time", "frequency")),))
     assert {t.key for t in expand(small)} < {t.key for t in expand(big)}
+
+
+def write_spec(tmp_path: Path, **top) -> Path:
+    """The repo's experiments file with top-level keys replaced (None deletes a key)."""
+    raw = yaml.safe_load((ROOT / "experiments.yaml").read_text())
+    for key, value in top.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return p
+
+
+def test_repo_file_still_expands_to_the_same_two_trials():
+    spec = load_spec(ROOT / "experiments.yaml")
+    assert spec.design == "ofat" and spec.configs == () and spec.crossed == ()
+    trials = expand(spec)
+    assert [(t.axis, t.setting) for t in trials] == [("baseline", "baseline"), ("masking", "time")]
+    assert trials[0].key == trial_key(spec.baseline, 0)
+
+
+def test_factorial_crosses_every_value_of_every_axis(tmp_path):
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            design="factorial",
+            seeds=[0, 1],
+            axes={
+                "masking": {"path": "mask.strategy", "values": ["time", "frequency"]},
+                "mask.ratio": [0.4, 0.8],
+                "target.branch": ["targets-only", "full-input"],
+            },
+        )
+    )
+    trials = expand(spec)
+    assert len(trials) == 2 * 2 * 2 * 2  # the cross, once per seed
+    assert len({t.key for t in trials}) == len(trials)
+    assert {t.axis for t in trials} == {"factorial"}
+    first = trials[0]
+    assert first.setting == "masking=time,mask.ratio=0.4,target.branch=targets-only"
+    assert first.settings == {
+        "masking": "time",
+        "mask.ratio": "0.4",
+        "target.branch": "targets-only",
+    }
+    # The baseline's own values (unstructured, 0.6) are not listed, so it is no cell.
+    assert all(t.recipe != spec.baseline for t in trials)
+    combos = {(t.recipe.mask.strategy, t.recipe.mask.ratio, t.recipe.target.branch) for t in trials}
+    assert len(combos) == 8
+    assert {t.seed for t in trials} == {0, 1}
+    choices = axis_choices(spec)
+    for t in trials:
+        assert t.settings.keys() == choices.keys()
+        assert all(v in choices[k] for k, v in t.settings.items())
+
+
+def test_factorial_crossed_keeps_other_axes_at_the_baseline(tmp_path):
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            design="factorial",
+            axes={
+                "masking": {"path": "mask.strategy", "values": ["unstructured", "time"]},
+                "mask.ratio": [0.4, 0.6],
+                "target.norm": ["none", "batch"],
+            },
+            crossed=["masking", "mask.ratio"],
+        )
+    )
+    assert [a.name for a in spec.crossed_axes] == ["masking", "mask.ratio"]
+    trials = expand(spec)
+    assert len(trials) == 4
+    assert {t.recipe.target.norm for t in trials} == {spec.baseline.target.norm}
+    assert {t.settings["target.norm"] for t in trials} == {"layer"}
+    # Both baseline values are listed, so the baseline is one of the cells.
+    assert trial_key(spec.baseline, 0) in {t.key for t in trials}
+
+
+def test_factorial_validates_cells_not_values_beside_the_baseline(tmp_path):
+    # 128 wide with the baseline's 3 heads is impossible, but that pair is never run.
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            design="factorial",
+            axes={"encoder.width": [128, 256], "encoder.heads": [4, 8]},
+        )
+    )
+    assert len(expand(spec)) == 4
+
+
+LIST_CONFIGS = [
+    {"name": "ijepa-like", "mask.strategy": "multiblock", "target.branch": "full-input"},
+    {"name": "m2d-like", "mask.strategy": "unstructured", "mask.ratio": 0.7},
+    {"encoder.patch": [16, 8]},
+]
+
+
+def test_list_runs_the_baseline_and_each_entry(tmp_path):
+    spec = load_spec(write_spec(tmp_path, design="list", axes=None, configs=LIST_CONFIGS))
+    assert [a.name for a in spec.axes] == [
+        "mask.strategy",
+        "target.branch",
+        "mask.ratio",
+        "encoder.patch",
+    ]
+    trials = expand(spec)
+    assert [(t.axis, t.setting) for t in trials] == [
+        ("baseline", "baseline"),
+        ("config", "ijepa-like"),
+        ("config", "m2d-like"),
+        ("config", "encoder.patch=16x8"),
+    ]
+    ijepa = trials[1]
+    assert ijepa.recipe.mask.strategy == "multiblock"
+    assert ijepa.recipe.target.branch == "full-input"
+    assert ijepa.recipe.mask.ratio == spec.baseline.mask.ratio
+    assert ijepa.settings == {
+        "mask.strategy": "multiblock",
+        "target.branch": "full-input",
+        "mask.ratio": "0.6",
+        "encoder.patch": "16x16",
+    }
+    assert trials[3].recipe.encoder.patch == (16, 8)  # coerced to a tuple like axis values
+    assert isinstance(trials[2].recipe.mask.ratio, float)
+    choices = axis_choices(spec)
+    assert choices["mask.strategy"] == ["unstructured", "multiblock"]
+    for t in trials:
+        assert t.settings.keys() == choices.keys()
+        assert all(v in choices[k] for k, v in t.settings.items())
+
+
+def test_the_same_cell_has_the_same_key_in_every_design(tmp_path):
+    ofat = expand(load_spec(write_spec(tmp_path, seeds=[0, 1], axes={"mask.ratio": [0.7]})))
+    fact = expand(
+        load_spec(
+            write_spec(
+                tmp_path,
+                seeds=[0, 1],
+                design="factorial",
+                axes={
+                    "mask.ratio": [0.7],
+                    "masking": {"path": "mask.strategy", "values": ["unstructured"]},
+                },
+            )
+        )
+    )
+    lst = expand(
+        load_spec(
+            write_spec(
+                tmp_path,
+                seeds=[0, 1],
+                design="list",
+                axes=None,
+                configs=[{"name": "m2d-like", "mask.ratio": 0.7, "mask.strategy": "unstructured"}],
+            )
+        )
+    )
+    cell = {t.key for t in ofat if t.axis == "mask.ratio"}
+    assert len(cell) == 2  # one per seed
+    assert cell == {t.key for t in fact} == {t.key for t in lst if t.axis == "config"}
+    base = {t.key for t in ofat if t.axis == "baseline"}
+    assert base == {t.key for t in lst if t.axis == "baseline"}
+
+
+def test_seeds_multiply_every_design(tmp_path):
+    for top in (
+        {"design": "ofat"},
+        {
+            "design": "factorial",
+            "axes": {"mask.ratio": [0.4, 0.8], "target.norm": ["none", "batch"]},
+        },
+        {"design": "list", "axes": None, "configs": LIST_CONFIGS},
+    ):
+        one = expand(load_spec(write_spec(tmp_path, seeds=[0], **top)))
+        three = expand(load_spec(write_spec(tmp_path, seeds=[0, 1, 2], **top)))
+        assert len(three) == 3 * len(one)
+        assert len({t.key for t in three}) == len(three)
+        assert [t.seed for t in three] == [s for s in (0, 1, 2) for _ in one]
+
+
+def test_cells_with_the_same_key_run_once():
+    # log_every changes how a trial reports, not what it computes: both values are one cell.
+    spec = spec_with(
+        design="factorial",
+        axes=(
+            Axis("train.log_every", "train.log_every", (10, 20)),
+            Axis("mask.ratio", "mask.ratio", (0.4,)),
+        ),
+        seeds=(0, 1),
+    )
+    trials = expand(spec)
+    assert len(trials) == 2
+    assert [t.setting for t in trials] == ["train.log_every=10,mask.ratio=0.4"] * 2
+
+
+def test_optuna_params_take_every_design_settings(tmp_path):
+    """The ledger fixes each trial's settings at enqueue time and records them against
+    `axis_choices`: every value must be among its axis' choices or Optuna drops it."""
+    import warnings
+
+    from orchestrator.ledger import Ledger
+
+    for design, top in (
+        ("factorial", {"axes": {"mask.ratio": [0.4, 0.8], "target.norm": ["none"]}}),
+        ("list", {"axes": None, "configs": LIST_CONFIGS}),
+    ):
+        spec = load_spec(write_spec(tmp_path, design=design, **top))
+        trials = expand(spec)
+        # One storage (its schema is the slow part), one Optuna study per design.
+        ledger = Ledger(f"sqlite:///{tmp_path / 'optuna.db'}", f"{spec.study}-{design}")
+        ledger.sync(trials, spec.max_attempts)
+        by_key = {t.key: t for t in trials}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an out-of-range fixed param only warns
+            while (claim := ledger.claim()) is not None:
+                ledger.record_params(claim, by_key[claim.key].settings, axis_choices(spec))
+                ledger.complete(claim, 0.5)
+        recorded = {t.user_attrs["key"]: t.params for t in ledger.study.get_trials()}
+        assert recorded == {k: t.settings for k, t in by_key.items()}

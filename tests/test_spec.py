@@ -33,6 +33,16 @@ def test_default_file_is_valid():
     assert spec.output == ROOT / "abl-out"
 
 
+def as_list(configs):
+    """A mutation turning the repo's file into a `design: list` study with these entries."""
+
+    def mutate(s):
+        s.pop("axes")
+        s.update(design="list", configs=configs)
+
+    return mutate
+
+
 BAD = {
     "unknown top key": (lambda s: s.update(studdy="x"), ["studdy", "did you mean 'study'"]),
     "unknown recipe key": (
@@ -71,6 +81,87 @@ BAD = {
     "no axes": (lambda s: s.update(axes={}), ["axes"]),
     "bad seeds": (lambda s: s.update(seeds=[0, 0]), ["seeds"]),
     "bad study name": (lambda s: s.update(study="../escape"), ["study"]),
+    "too many target blocks": (
+        lambda s: s["baseline"]["mask"].update(target_blocks=66),
+        ["baseline.mask.target_blocks", "65 patches", "encoder.patch", "at most 65"],
+    ),
+    "too many target blocks in an axis": (
+        lambda s: s["axes"].update({"mask.target_blocks": [4, 66]}),
+        ["axes.mask.target_blocks value 66", "at most 65"],
+    ),
+    "unknown design": (lambda s: s.update(design="factorail"), ["design", "'factorial'?"]),
+    "configs without design list": (
+        lambda s: s.update(configs=[{"mask.ratio": 0.7}]),
+        ["configs", "set design: list"],
+    ),
+    "design list without configs": (
+        lambda s: (s.update(design="list"), s.pop("axes")),
+        ["design: list needs configs"],
+    ),
+    "design list with axes": (
+        lambda s: s.update(design="list", configs=[{"mask.ratio": 0.7}]),
+        ["axes is not read by design: list", "delete axes"],
+    ),
+    "empty configs": (as_list([]), ["configs", "non-empty list"]),
+    "entry not a mapping": (as_list(["m2d-like"]), ["configs[0]", "mapping"]),
+    "unknown path in an entry": (
+        as_list([{"mask.ratio": 0.7}, {"mask.ratoi": 0.7}]),
+        ["configs[1] path 'mask.ratoi'", "did you mean 'mask.ratio'?"],
+    ),
+    "unknown section in an entry": (
+        as_list([{"mak.strategy": "time"}]),
+        ["configs[0] path 'mak.strategy'", "did you mean 'mask.strategy'?"],
+    ),
+    "wrong type in an entry": (as_list([{"mask.ratio": "high"}]), ["configs[0].mask.ratio"]),
+    "impossible value in an entry": (
+        as_list([{"name": "wide", "mask.ratio": 1.5}]),
+        ["configs[0] (wide): mask.ratio", "(0, 1)"],
+    ),
+    "entry name not text": (as_list([{"name": 3, "mask.ratio": 0.7}]), ["configs[0].name"]),
+    "entry sets nothing": (as_list([{"name": "x"}]), ["configs[0]", "sets no recipe path"]),
+    "duplicate entry names": (
+        as_list([{"name": "a", "mask.ratio": 0.7}, {"name": "a", "mask.ratio": 0.8}]),
+        ["configs[1].name 'a'", "configs[0]", "its own name"],
+    ),
+    "identical entries": (
+        as_list([{"name": "a", "mask.ratio": 0.7}, {"name": "b", "mask.ratio": 0.7}]),
+        ["configs[1] (b)", "same trial as configs[0] (a)", "delete one"],
+    ),
+    "entry is the baseline": (
+        as_list([{"name": "same", "mask.ratio": 0.6}]),
+        ["configs[0] (same)", "same trial as the baseline"],
+    ),
+    "factorial too large": (
+        lambda s: s.update(
+            design="factorial",
+            axes={
+                "mask.ratio": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                "mask.target_blocks": [1, 2, 3, 4, 5, 6, 7, 8],
+                "target.norm": ["none", "layer", "instance", "batch"],
+            },
+        ),
+        ["design: factorial", "= 288 cells", "more than 256", "design: ofat"],
+    ),
+    "factorial impossible cell": (
+        lambda s: s.update(design="factorial", axes={"encoder.width": [128, 192]}),
+        ["factorial cell encoder.width=128", "encoder.width", "heads"],
+    ),
+    "crossed unknown axis": (
+        lambda s: s.update(design="factorial", crossed=["maskng"]),
+        ["crossed", "'maskng'", "did you mean 'masking'?"],
+    ),
+    "crossed twice": (
+        lambda s: s.update(design="factorial", crossed=["masking", "mask.strategy"]),
+        ["crossed", "'masking' twice"],
+    ),
+    "crossed not a list": (
+        lambda s: s.update(design="factorial", crossed="masking"),
+        ["crossed", "non-empty list"],
+    ),
+    "crossed without factorial": (
+        lambda s: s.update(crossed=["masking"]),
+        ["crossed", "set design: factorial"],
+    ),
 }
 
 
@@ -141,3 +232,32 @@ def test_a_removed_setting_says_why_and_what_to_do(tmp_path):
     f.write_text(yaml.safe_dump(spec))
     with pytest.raises(AblError, match=r"baseline\.probe\.seeds is gone: .*delete the key"):
         load_spec(f)
+
+
+@pytest.mark.parametrize(
+    ("top", "count", "label"),
+    [
+        (
+            {"design": "factorial", "axes": {"mask.ratio": [0.4, 0.8], "mask.strategy": ["time"]}},
+            4,
+            "factorial=mask.ratio=0.4,mask.strategy=time",
+        ),
+        (
+            {"design": "list", "configs": [{"name": "m2d-like", "mask.ratio": 0.7}]},
+            4,
+            "config=m2d-like",
+        ),
+    ],
+)
+def test_dry_run_lists_every_design(tmp_path, top, count, label):
+    def mutate(s):
+        if top["design"] == "list":
+            s.pop("axes")
+        s.update(seeds=[0, 1], **top)
+
+    path = write(tmp_path, mutate)
+    result = runner.invoke(app, ["run", str(path), "--dry-run", "--output", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert f"{count} trials" in result.output
+    assert result.output.count(label) == 2
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,184 @@
+"""Migrations of the results database on SQLite: a fresh file, an old create_all file, twice,
+and two processes at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect, text
+
+from db import queries
+from db.engine import init_db, make_engine
+from db.migrations import BASE_REVISION, SCRIPT_DIR, VERSION_TABLE, alembic_config, include_name
+from db.schema import Base
+from model.errors import AblError
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = {"studies", "trials", "metrics"}
+
+
+def head() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def revision_and_diffs(engine: Engine) -> tuple[str | None, list]:
+    """The database's revision and its differences from the models (none when in step)."""
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn,
+            opts={
+                "version_table": VERSION_TABLE,
+                "include_name": include_name,
+                "compare_type": True,
+            },
+        )
+        return ctx.get_current_revision(), compare_metadata(ctx, Base.metadata)
+
+
+def add_results(engine: Engine) -> None:
+    sid = queries.ensure_study(engine, "s", "{}")
+    tid = queries.start_trial(engine, sid, "k1", 0, "masking", "time", {}, {}, "w")
+    queries.finish_trial(engine, tid, {("env-sfx", "acc"): 0.5}, 1.0, None)
+
+
+def test_scripts_are_found_from_the_package() -> None:
+    assert SCRIPT_DIR == ROOT / "db" / "migrations"
+    assert (SCRIPT_DIR / "env.py").is_file() and (SCRIPT_DIR / "script.py.mako").is_file()
+    assert ScriptDirectory.from_config(alembic_config()).get_base() == BASE_REVISION
+
+
+def test_fresh_file_is_migrated_to_head_and_matches_the_models(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'results.db'}")
+    init_db(engine)
+    assert TABLES | {VERSION_TABLE} <= set(inspect(engine).get_table_names())
+    assert revision_and_diffs(engine) == (head(), [])
+    add_results(engine)
+    assert queries.export_frame(engine)["value"].tolist() == [0.5]
+
+
+def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'results.db'}")
+    init_db(engine)
+    add_results(engine)
+    init_db(engine)
+    init_db(make_engine(str(engine.url)))
+    assert revision_and_diffs(engine) == (head(), [])
+    assert len(queries.export_frame(engine)) == 1
+    with engine.connect() as conn:
+        assert conn.execute(text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
+
+
+def test_database_made_by_create_all_is_stamped_then_upgraded(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'results.db'}")
+    Base.metadata.create_all(engine)  # what init_db did before migrations
+    add_results(engine)
+    assert VERSION_TABLE not in inspect(engine).get_table_names()
+    init_db(engine)
+    assert revision_and_diffs(engine) == (head(), [])
+    assert queries.export_frame(engine)["value"].tolist() == [0.5]  # the results are kept
+
+
+def test_foreign_tables_are_left_alone(tmp_path: Path) -> None:
+    """Optuna may share the database, with its own alembic_version table."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'shared.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('v3.2.0.a')"))
+        conn.execute(text("CREATE TABLE optuna_like (id INTEGER PRIMARY KEY)"))
+    init_db(engine)
+    assert revision_and_diffs(engine) == (head(), [])
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "v3.2.0.a"
+    assert "optuna_like" in inspect(engine).get_table_names()
+
+
+def test_unknown_results_tables_are_refused(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'results.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE studies (id INTEGER PRIMARY KEY, title TEXT)"))
+    with pytest.raises(AblError, match=r"do not match .*tables metrics, studies, trials") as e:
+        init_db(engine)
+    assert "\n" not in str(e.value)
+    assert VERSION_TABLE not in inspect(engine).get_table_names()  # nothing stamped
+
+
+def test_unreachable_file_is_one_clear_line(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'results.db'}")
+    with pytest.raises(AblError, match=r"results database sqlite:///.* cannot be reached") as e:
+        init_db(engine)
+    assert "\n" not in str(e.value) and "storage.results" in str(e.value)
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from db.engine import init_db, make_engine
+    files, go = sys.argv[1:-1], Path(sys.argv[-1])
+    print("ready", flush=True)
+    while not go.exists():
+        time.sleep(0.001)
+    for f in files:
+        init_db(make_engine(f"sqlite:///{f}"))
+    """
+)
+
+
+def test_two_processes_migrate_the_same_files_at_once(tmp_path: Path) -> None:
+    """Workers started together each run init_db on the same new files: none may fail."""
+    files = [str(tmp_path / f"results-{i}.db") for i in range(6)]
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, *files, str(go)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:  # both imported and waiting: start them in the same millisecond
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    go.touch()
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    for f in files:
+        engine = make_engine(f"sqlite:///{f}")
+        assert revision_and_diffs(engine) == (head(), [])
+        with engine.connect() as conn:
+            assert conn.execute(text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
+
+
+def test_a_worker_waits_for_a_writer_holding_the_file(tmp_path: Path) -> None:
+    """Another process holding the write lock is waited for, not reported as an error."""
+    path = tmp_path / "results.db"
+    engine = make_engine(f"sqlite:///{path}")
+    init_db(engine)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(1.5)\n"
+            "c.execute('COMMIT')",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    started = time.monotonic()
+    init_db(make_engine(f"sqlite:///{path}"))
+    assert time.monotonic() - started > 0.5  # it did wait for the holder
+    assert holder.wait(timeout=30) == 0

@@ -1,0 +1,129 @@
+"""Several workers on one study: every key finishes exactly once, a killed worker's trial runs
+again, Ctrl-C releases. Real processes, real Optuna storage, MLflow and SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+
+runner = CliRunner()
+ABL = [str(Path(sys.executable).with_name("abl"))]
+
+
+def _ledger(out):
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+    return study.get_trials(deepcopy=False)
+
+
+def _axes(values):
+    return {"masking": {"path": "mask.strategy", "values": values}}
+
+
+def test_two_local_workers_finish_every_key_exactly_once(tmp_path, tiny_experiments):
+    exp = tiny_experiments(axes=_axes(["unstructured", "time", "frequency", "multiblock"]))
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["run", str(exp), "-j", "2", "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert "on 2 workers" in res.output and "ran 4, failed 0" in res.output
+    trials = _ledger(out)
+    done = Counter(
+        t.user_attrs["key"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+    )
+    assert len(done) == 4 and set(done.values()) == {1}
+    db = sqlite3.connect(out / "results.db")
+    rows = db.execute("select key, status from trials where axis != 'reference'").fetchall()
+    assert sorted(k for k, _ in rows) == sorted(done) and {s for _, s in rows} == {"done"}
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("tiny").experiment_id
+    runs = client.search_runs([exp_id], "tags.`abl.role` = 'trial'")
+    assert sorted(r.data.tags["abl.key"] for r in runs) == sorted(done)
+    assert len(client.search_runs([exp_id], "tags.`abl.role` = 'study'")) == 1
+    # The workers were separate processes.
+    assert len({r.data.tags["abl.host"] for r in runs}) == 1
+    workers = {w for (w,) in db.execute("select worker from trials where axis != 'reference'")}
+    assert len(workers) == 2
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    t0 = time.time()
+    while not predicate():
+        if time.time() - t0 > timeout:
+            raise AssertionError("timed out")
+        time.sleep(0.2)
+
+
+def _running(out) -> bool:
+    try:
+        db = sqlite3.connect(out / "results.db", timeout=1)
+        n = db.execute("select count(*) from trials where status = 'running'").fetchone()[0]
+        return n > 0 and any((out / "checkpoints").glob("*.pt"))
+    except sqlite3.Error:
+        return False
+
+
+def test_a_killed_workers_trial_runs_again(tmp_path, tiny_experiments):
+    exp = tiny_experiments(axes=_axes(["time"]))
+    out = tmp_path / "out"
+    # Long enough to be killed mid-training; a checkpoint every 5 steps.
+    import yaml
+
+    spec = yaml.safe_load(exp.read_text())
+    spec["baseline"]["train"].update(steps=150, checkpoint_every=5, eval_every=0)
+    exp.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "ABL_HEARTBEAT_S": "1", "ABL_GRACE_S": "3"}
+    w = subprocess.Popen([*ABL, "worker", str(exp)], env=env, stdout=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _running(out))
+    finally:
+        w.send_signal(signal.SIGKILL)
+        w.wait()
+    time.sleep(4)  # past the grace period: the killed worker's heartbeat is stale
+    res = subprocess.run(
+        [*ABL, "run", str(exp), "--no-report"], env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "resumed" in res.stdout  # from the killed attempt's checkpoint
+    trials = _ledger(out)
+    by_key: dict[str, list] = {}
+    for t in trials:
+        by_key.setdefault(t.user_attrs["key"], []).append(t)
+    for attempts in by_key.values():
+        states = [t.state for t in attempts]
+        assert states.count(optuna.trial.TrialState.COMPLETE) == 1
+    lost = [t for t in trials if "worker lost" in t.user_attrs.get("error", "")]
+    assert len(lost) == 1
+
+
+def test_ctrl_c_releases_the_trial_without_using_an_attempt(tmp_path, tiny_experiments):
+    exp = tiny_experiments(axes=_axes(["time"]), max_attempts=1)
+    out = tmp_path / "out"
+    import yaml
+
+    spec = yaml.safe_load(exp.read_text())
+    spec["baseline"]["train"].update(steps=150, checkpoint_every=5, eval_every=0)
+    exp.write_text(yaml.safe_dump(spec))
+    w = subprocess.Popen([*ABL, "run", str(exp), "--no-report"], stdout=subprocess.DEVNULL)
+    _wait_for(lambda: _running(out))
+    w.send_signal(signal.SIGINT)
+    assert w.wait(timeout=60) == 130
+    trials = _ledger(out)
+    released = [t for t in trials if t.user_attrs.get("released")]
+    assert len(released) == 1 and "released" in released[0].user_attrs["error"]
+    db = sqlite3.connect(out / "results.db")
+    assert db.execute("select count(*) from trials where status = 'running'").fetchone() == (0,)
+    # max_attempts is 1, yet the released trial runs again (and resumes).
+    res = subprocess.run([*ABL, "run", str(exp), "--no-report"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "failed 0" in res.stdout and "resumed" in res.stdout
