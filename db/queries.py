@@ -66,11 +66,13 @@ def finish_trial(
     wall_s: float,
     mlflow_run_id: str | None,
     error: str | None = None,
+    status: str | None = None,
 ) -> None:
-    """Record the outcome and every metric in one transaction: all or nothing."""
+    """Record the outcome and every metric in one transaction: all or nothing. The status is
+    done, failed (when `error` is given) or what `status` says (pruned)."""
     with session_scope(engine) as s:
         t = s.get_one(Trial, trial_id)
-        t.status = "failed" if error else "done"
+        t.status = status or ("failed" if error else "done")
         t.error, t.wall_s, t.finished, t.mlflow_run_id = error, wall_s, now(), mlflow_run_id
         t.metrics.clear()
         s.flush()

@@ -91,9 +91,12 @@ def run(
         )
         if report:
             pages = _render(spec, [a.name for a in spec.axes])
+            _attach_reports(spec, pages)
             _say(f"report:  {pages[-1]}")
-        _say(f"results: {spec.results_url}")
-        _say(f"mlflow:  {spec.mlflow_uri}")
+        from db.engine import mask_url
+
+        _say(f"results: {mask_url(spec.results_url)}")
+        _say(f"mlflow:  {mask_url(spec.mlflow_uri)}")
         _say(f"browse:  abl ui {experiments}   (MLflow UI on http://127.0.0.1:5000)")
 
 
@@ -136,6 +139,16 @@ def worker(
         _say(f"worker done: ran {ran}, failed {failed}")
 
 
+def _attach_reports(spec, pages: list[Path]) -> None:  # noqa: ANN001
+    """The study's report pages as artifacts of its MLflow parent run."""
+    from orchestrator.tracking import Tracker
+
+    tracker = Tracker(spec.mlflow_uri, spec.study, spec.output / "mlartifacts")
+    parent = tracker.study_run(spec.study)
+    for page in pages:
+        tracker.log_artifact(parent, page, "reports")
+
+
 def _render(spec, axes: list[str]) -> list[Path]:  # noqa: ANN001
     from db.engine import make_engine
     from reports.study import render_reports
@@ -166,7 +179,9 @@ def report(
                 f"run `abl run {experiments}` first"
             )
         axes = [spec.axis(axis).name] if axis else [a.name for a in spec.axes]
-        for page in _render(spec, axes):
+        pages = _render(spec, axes)
+        _attach_reports(spec, pages)
+        for page in pages:
             _say(str(page))
 
 
@@ -184,12 +199,14 @@ def status(experiments: Experiments = Path("experiments.yaml"), output: Output =
         init_db(engine)
         counts = queries.status_counts(engine, spec.study)
         total = len(expand(spec))
-        pending = max(0, total - counts["done"] - counts["running"])
+        pruned = counts.get("pruned", 0)
+        pending = max(0, total - counts["done"] - counts["running"] - pruned)
         mean = queries.mean_trial_seconds(engine, spec.study)
         eta = f", ETA {pending * mean / 60:.0f} min at {mean:.0f}s a trial" if mean else ""
         _say(
             f"study {spec.study}: {total} trials: {counts['done']} done, {counts['running']} "
             f"running, {counts['failed']} failed, {pending} pending{eta}"
+            + (f" ({pruned} pruned)" if pruned else "")
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -44,9 +45,12 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     )
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-        )
+        with warnings.catch_warnings():
+            # Heartbeats are "experimental" in Optuna 5; they are what finds dead workers.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+            )
     except (SQLAlchemyError, StorageInternalError, ValueError, ImportError) as e:
         raise AblError(
             f"Optuna storage {mask_url(url)} cannot be opened ({type(e).__name__}); check "
@@ -63,6 +67,7 @@ class Ledger:
             load_if_exists=True,
             direction="maximize",
         )
+        self.pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
 
     def states(self) -> dict[str, list[TrialState]]:
         """Each key's attempts; an attempt released by Ctrl-C is not counted as one."""
@@ -102,8 +107,8 @@ class Ledger:
         todo = []
         for t in trials:
             seen = states.get(t.key, [])
-            if TrialState.COMPLETE in seen:
-                continue
+            if TrialState.COMPLETE in seen or TrialState.PRUNED in seen:
+                continue  # finished: a pruned trial was stopped on purpose
             if TrialState.WAITING in seen or TrialState.RUNNING in seen:
                 todo.append(t)
                 continue
@@ -115,6 +120,11 @@ class Ledger:
             )
             todo.append(t)
         return todo
+
+    def waiting(self) -> int:
+        """Trials enqueued and not yet claimed by any worker."""
+        sid = self.study._study_id
+        return len(self.storage.get_all_trials(sid, deepcopy=False, states=(TrialState.WAITING,)))
 
     def claim(self, wanted: set[str] | None = None) -> Claim | None:
         """Take one waiting trial; None when nothing is left."""
@@ -157,6 +167,17 @@ class Ledger:
     def report(self, claim: Claim, step: int, value: float) -> None:
         """An intermediate value (a probe accuracy during training) at `step`."""
         self.storage.set_trial_intermediate_value(claim.trial_id, step, value)
+
+    def should_prune(self, claim: Claim) -> bool:
+        """Optuna's median rule on the intermediate values reported so far: the trial's
+        latest value is below the median of other trials' values at the same step (after 2
+        finished trials and the first report)."""
+        frozen = self.storage.get_trial(claim.trial_id)
+        return self.pruner.prune(self.study, frozen)
+
+    def pruned(self, claim: Claim, step: int) -> None:
+        self.storage.set_trial_user_attr(claim.trial_id, "pruned_at", step)
+        self.study.tell(claim.number, state=TrialState.PRUNED)
 
     def complete(self, claim: Claim, value: float) -> None:
         self.study.tell(claim.number, value)

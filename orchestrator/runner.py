@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,9 +180,12 @@ def open_study(spec: StudySpec) -> Study:
         default=str,
     )
     study_id = queries.ensure_study(engine, spec.study, spec_json)
+    resolved = spec.output / f"{spec.study}.resolved.json"
+    resolved.write_text(spec_json)
     ledger = Ledger(spec.optuna_url, spec.study)
     tracker = Tracker(spec.mlflow_uri, spec.study, spec.output / "mlartifacts")
     parent = tracker.study_run(spec.study)
+    tracker.log_artifact(parent, resolved)  # the validated study, storage URLs left out
     bank = DataBank(resolve_data_root(spec.baseline.data.cache), spec.baseline.data.tasks)
     return Study(spec, engine, ledger, tracker, study_id, parent, bank)
 
@@ -230,6 +234,7 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
             recipe,
             sampler,
             trial.seed,
+            on_log=progress_bar(recipe.train.steps, recipe.train.batch_size),
             on_eval=(
                 intermediate_probe(st, trial, claim, run_id) if recipe.train.eval_every else None
             ),
@@ -246,6 +251,8 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         st.tracker.log_metrics(run_id, curves)
         if result.failed:
             raise TrialFailed(result.failed)
+        if result.stopped:
+            return _pruned(st, trial, claim, run_id, row, result, time.perf_counter() - t0, log)
         # A stale cache from an attempt whose weights were not final is dropped first.
         emb_dir = st.spec.output / "embeddings" / trial.key
         if not result.resumed_from or result.resumed_from < recipe.train.steps:
@@ -296,6 +303,35 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
     return True
 
 
+def interactive() -> bool:
+    """Progress bars only for a person at a terminal: never under CI or into a file."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def progress_bar(steps: int, batch: int):
+    """A one-line training progress bar on stderr (None when not interactive)."""
+    if not interactive():
+        return None
+    t0 = time.perf_counter()
+    every = max(1, steps // 100)
+
+    def show(rec: dict[str, float]) -> None:
+        step = int(rec["step"]) + 1
+        if step % every and step != steps:
+            return
+        done = step / steps
+        rate = step * batch / max(time.perf_counter() - t0, 1e-9)
+        bar = "#" * int(30 * done)
+        sys.stderr.write(
+            f"\r    [{bar:<30}] {step}/{steps} loss {rec['loss']:.4f} {rate:.0f} samples/s"
+        )
+        if step == steps:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
 def intermediate_probe(st: Study, trial: TrialSpec, claim: Claim | None, run_id: str):
     """The training hook: every `train.eval_every` steps, the k-NN accuracy of the probed
     encoder on the first probe task (a fixed subset of its train clips as the memory, its
@@ -322,11 +358,25 @@ def intermediate_probe(st: Study, trial: TrialSpec, claim: Claim | None, run_id:
             list(val_fs.labels),
         )
         st.tracker.log_metrics(run_id, [(f"eval.{task}.knn", acc, step)])
-        if claim is not None:
-            st.ledger.report(claim, step, acc)
-        return False  # no pruning: every cell of a designed grid runs to its budget
+        if claim is None:
+            return False
+        st.ledger.report(claim, step, acc)
+        # Off by default: an ablation wants every cell at its budget.
+        return st.spec.pruning == "median" and st.ledger.should_prune(claim)
 
     return hook
+
+
+def _pruned(st: Study, trial: TrialSpec, claim, run_id: str, row: int, result, wall, log) -> bool:  # noqa: ANN001
+    """A trial the pruner stopped: recorded as pruned (finished, never run again), no probes."""
+    reason = f"pruned at step {result.steps}: its k-NN accuracy trailed the median"
+    st.tracker.set_tags(run_id, {"abl.pruned": reason})
+    st.tracker.end_run(run_id, ok=True)
+    queries.finish_trial(st.engine, row, {}, wall, run_id, error=reason, status="pruned")
+    if claim is not None:
+        st.ledger.pruned(claim, result.steps)
+    log(f"  pruned {trial.label}: {reason}")
+    return True
 
 
 class TrialFailed(Exception):
@@ -420,6 +470,7 @@ def work(st: Study, trials: list[TrialSpec], log: Log, name: str = "") -> tuple[
     that stopped beating are failed, so the ledger hands them out again."""
     by_key = {t.key: t for t in trials}
     ran = failed = 0
+    t_start = time.perf_counter()
     while True:
         lost = [by_key[k] for k in st.ledger.reap() if k in by_key]
         for t in lost:
@@ -429,7 +480,15 @@ def work(st: Study, trials: list[TrialSpec], log: Log, name: str = "") -> tuple[
         if claim is None:
             return ran, failed
         trial = by_key[claim.key]
-        log(f"{name}[{ran + failed + 1}] {trial.label} (key {trial.key[:10]})")
+        waiting = st.ledger.waiting()
+        eta = ""
+        if ran + failed:
+            per = (time.perf_counter() - t_start) / (ran + failed)
+            eta = f", about {per * (waiting + 1) / 60:.0f} min left for this worker's share"
+        log(
+            f"{name}[{ran + failed + 1}] {trial.label} (key {trial.key[:10]}; "
+            f"{waiting} more waiting{eta})"
+        )
         with st.ledger.heartbeat(claim):
             ok = run_trial(st, trial, claim, log)
         ran += ok

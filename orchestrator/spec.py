@@ -28,6 +28,7 @@ from model.jepa import BRANCHES, LOSSES, TARGET_NORMS
 from model.masks import CURRICULUM, MASKERS, OVERLAP
 from model.sources import TASKS
 
+PRUNING = ("none", "median")
 DESIGNS = ("ofat", "factorial", "list")
 # A full cross grows as the product of the value counts; past this many cells a typo (one value
 # too many on three axes) would silently queue days of training, so the file is refused instead.
@@ -79,6 +80,7 @@ class StudySpec:
     baseline: RecipeConfig
     storage: StorageSpec
     max_attempts: int = 2
+    pruning: str = "none"  # none | median: stop trials whose k-NN curve trails the median
     # design: list: the entries. Its `axes` are then derived: one per dotted path the entries
     # set, named by the path, so every trial's settings still give a value per axis.
     configs: tuple[ConfigEntry, ...] = ()
@@ -126,6 +128,7 @@ TOP_KEYS = {
     "baseline",
     "storage",
     "max_attempts",
+    "pruning",
     "configs",
     "crossed",
 }
@@ -633,6 +636,12 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
     max_attempts = raw.get("max_attempts", 2)
     if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
         raise AblError(f"{source}: max_attempts must be an integer >= 1")
+    pruning = raw.get("pruning", "none")
+    if pruning not in PRUNING:
+        raise AblError(
+            f"{source}: pruning = {pruning!r}; use one of {', '.join(PRUNING)} (an ablation "
+            "keeps `none`: every cell runs to its budget)"
+        )
     baseline = build_dataclass(RecipeConfig, raw.get("baseline"), "baseline", source)
     validate_recipe(baseline, "baseline.", source)
     configs: tuple[ConfigEntry, ...] = ()
@@ -665,6 +674,7 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
         baseline=baseline,
         storage=storage,
         max_attempts=max_attempts,
+        pruning=pruning,
         configs=configs,
         crossed=crossed,
     )

@@ -67,6 +67,13 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
         cached = sorted(p.name.split("-")[2] for p in (out / "embeddings" / key).glob("*.npy"))
         assert cached == ["test", "train", "val"]
 
+    # The parent run carries the resolved study and, after the run, the report pages.
+    parent = client.search_runs([exp_obj.experiment_id], "tags.`abl.role` = 'study'")[0]
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "tiny.resolved.json" in names and "reports" in names
+    pages = {a.path for a in client.list_artifacts(parent.info.run_id, "reports")}
+    assert "reports/masking.html" in pages
+
     # Optuna ledger: both keys complete, with the axis recorded as a parameter.
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

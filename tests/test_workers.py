@@ -127,3 +127,42 @@ def test_ctrl_c_releases_the_trial_without_using_an_attempt(tmp_path, tiny_exper
     res = subprocess.run([*ABL, "run", str(exp), "--no-report"], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "failed 0" in res.stdout and "resumed" in res.stdout
+
+
+def test_median_pruning_stops_trailing_trials_when_asked(tmp_path, tiny_experiments):
+    # Six seeds of one cell: after two finished trials, a later one whose k-NN accuracy at
+    # a step falls below the median of the others at that step is stopped and recorded as
+    # pruned; pruned keys never run again.
+    import yaml
+
+    exp = tiny_experiments(
+        axes=_axes(["time"]), seeds=[0, 1, 2, 3, 4, 5], pruning="median", max_attempts=1
+    )
+    spec = yaml.safe_load(exp.read_text())
+    spec["baseline"]["train"].update(steps=6, eval_every=2)
+    exp.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["run", str(exp), "--no-report"])
+    assert res.exit_code == 0, res.output
+    trials = _ledger(out)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(pruned) + len(complete) == 12 and len(complete) >= 2 and pruned
+    db = sqlite3.connect(out / "results.db")
+    statuses = Counter(
+        s for (s,) in db.execute("select status from trials where axis != 'reference'")
+    )
+    assert statuses["pruned"] == len(pruned) and statuses["done"] == len(complete)
+    for t in pruned:
+        assert max(t.intermediate_values) == t.user_attrs["pruned_at"] < 6
+    again = runner.invoke(app, ["run", str(exp), "--no-report"])
+    assert "ran 0, failed 0" in again.output
+
+
+def test_pruning_is_off_by_default(tmp_path, tiny_experiments):
+    exp = tiny_experiments(axes=_axes(["time"]), seeds=[0, 1, 2])
+    res = runner.invoke(app, ["run", str(exp), "--no-report"])
+    assert res.exit_code == 0, res.output
+    trials = _ledger(tmp_path / "out")
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in trials)
