@@ -164,6 +164,8 @@ def open_study(spec: StudySpec) -> Study:
             f"{spec.source}: output folder {spec.output} is not writable ({e.strerror}); "
             "choose another with `output:` or --output"
         ) from None
+    # The remote stores first: an unreachable one stops the run before anything is written.
+    ledger = Ledger(spec.optuna_url, spec.study)
     engine = make_engine(spec.results_url)
     init_db(engine)
     spec_json = json.dumps(
@@ -182,7 +184,6 @@ def open_study(spec: StudySpec) -> Study:
     study_id = queries.ensure_study(engine, spec.study, spec_json)
     resolved = spec.output / f"{spec.study}.resolved.json"
     resolved.write_text(spec_json)
-    ledger = Ledger(spec.optuna_url, spec.study)
     tracker = Tracker(spec.mlflow_uri, spec.study, spec.output / "mlartifacts")
     parent = tracker.study_run(spec.study)
     tracker.log_artifact(parent, resolved)  # the validated study, storage URLs left out

@@ -166,3 +166,21 @@ def test_pruning_is_off_by_default(tmp_path, tiny_experiments):
     trials = _ledger(tmp_path / "out")
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in trials)
+
+
+def test_an_unreachable_storage_is_one_line_with_the_password_hidden(tmp_path, tiny_experiments):
+    results = tmp_path / "results.db"
+    exp = tiny_experiments(
+        storage={
+            "optuna": "postgresql+psycopg://abl:s3cret@127.0.0.1:1/optuna",
+            "results": f"sqlite:///{results}",
+            "mlflow": None,
+        }
+    )
+    for cmd in (["run", str(exp)], ["worker", str(exp)]):
+        res = runner.invoke(app, cmd)
+        assert res.exit_code == 2
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and "storage.optuna" in lines[0] and "***" in lines[0]
+        assert "s3cret" not in res.output
+    assert not results.exists()  # nothing written to the other stores
