@@ -178,7 +178,10 @@ def report(
                 f"{experiments}: study {spec.study} has no results yet; "
                 f"run `abl run {experiments}` first"
             )
-        axes = [spec.axis(axis).name] if axis else [a.name for a in spec.axes]
+        if axis in ("config", None) and spec.design == "list":
+            axes = ["config"]  # a list design's entries share one page
+        else:
+            axes = [spec.axis(axis).name] if axis else [a.name for a in spec.axes]
         pages = _render(spec, axes)
         _attach_reports(spec, pages)
         for page in pages:

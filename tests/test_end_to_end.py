@@ -176,3 +176,45 @@ def test_export_best_then_embed_real_audio(tmp_path, tiny_experiments, env_sfx):
 
     z = np.load(npz)
     assert np.allclose(z["embeddings"], np.array(emb, np.float32), atol=1e-6)
+
+
+def test_factorial_and_list_designs_reach_the_reports(tmp_path, tiny_experiments):
+    axes = {
+        "masking": {"path": "mask.strategy", "values": ["unstructured", "time"]},
+        "mask.ratio": [0.4, 0.6],
+    }
+    exp = tiny_experiments(design="factorial", axes=axes)
+    res = runner.invoke(app, ["run", str(exp)])
+    assert res.exit_code == 0, res.output
+    assert "ran 4, failed 0" in res.output
+    reports = tmp_path / "out" / "reports" / "tiny"
+    masking = (reports / "masking.html").read_text()
+    ratio = (reports / "mask.ratio.html").read_text()
+    # Each page groups the four cells by its own axis' value: two settings, two trials each.
+    assert "time" in masking and "unstructured" in masking
+    assert "0.4" in ratio and "0.6" in ratio
+    assert "4 trials: 4 done" in masking and "4 trials: 4 done" in ratio
+
+    lst = tmp_path / "list"
+    lst.mkdir()
+    import yaml
+
+    spec = yaml.safe_load(exp.read_text())
+    spec.pop("axes")
+    spec.pop("crossed", None)
+    spec.update(
+        design="list",
+        output=str(lst / "out"),
+        configs=[
+            {"name": "ijepa-like", "mask.strategy": "multiblock", "target.branch": "full-input"},
+            {"name": "frames-96", "frontend.frames": 96},
+        ],
+    )
+    f = lst / "experiments.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    res = runner.invoke(app, ["run", str(f)])
+    assert res.exit_code == 0, res.output
+    page = (lst / "out" / "reports" / "tiny" / "config.html").read_text()
+    assert "ijepa-like" in page and "frames-96" in page
+    rep = runner.invoke(app, ["report", str(f)])
+    assert rep.exit_code == 0 and "config.html" in rep.output
