@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,25 +40,32 @@ def _chunks(lm: np.ndarray, frames: int, pt: int) -> list[tuple[np.ndarray, int,
     return out
 
 
-@torch.inference_mode()
-def frame_embeddings(
-    encoder: ViT, logmels: Sequence[np.ndarray], frames: int, batch_size: int = 64
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per clip: (time-patch embeddings (n, F'*D), first frame of each time patch (n,))."""
+def _encoded_chunks(
+    encoder: ViT, logmels: Sequence[np.ndarray], frames: int, batch_size: int
+) -> Iterator[tuple[int, np.ndarray, int]]:
+    """(clip index, its chunk's time-patch embeddings (valid, F'*D), chunk's first frame), in
+    clip order; chunks of every clip are batched together through the encoder."""
     encoder.eval()
     pt = encoder.patch.kernel_size[1]
     device = next(encoder.parameters()).device
-    pieces: list[tuple[int, np.ndarray, int, int]] = []  # (clip, chunk, valid, start)
-    for i, lm in enumerate(logmels):
-        pieces.extend((i, c, v, s) for c, v, s in _chunks(lm, frames, pt))
-    per_clip: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in logmels]
+    pieces = [(i, c, v, s) for i, lm in enumerate(logmels) for c, v, s in _chunks(lm, frames, pt)]
     for s in range(0, len(pieces), batch_size):
         part = pieces[s : s + batch_size]
         x = torch.from_numpy(np.stack([p[1] for p in part])).unsqueeze(1).to(device)
         h = encoder.frame_embeddings(x).float().cpu().numpy()  # (B, T', F'*D)
         for (clip, _, valid, start), emb in zip(part, h, strict=True):
-            first = start + pt * np.arange(valid)
-            per_clip[clip].append((emb[:valid], first))
+            yield clip, emb[:valid], start
+
+
+@torch.inference_mode()
+def frame_embeddings(
+    encoder: ViT, logmels: Sequence[np.ndarray], frames: int, batch_size: int = 64
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per clip: (time-patch embeddings (n, F'*D), first frame of each time patch (n,))."""
+    pt = encoder.patch.kernel_size[1]
+    per_clip: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in logmels]
+    for clip, emb, start in _encoded_chunks(encoder, logmels, frames, batch_size):
+        per_clip[clip].append((emb, start + pt * np.arange(len(emb))))
     return [
         (np.concatenate([e for e, _ in parts]), np.concatenate([f for _, f in parts]))
         for parts in per_clip
@@ -71,21 +78,13 @@ def clip_embeddings(
 ) -> np.ndarray:
     """(n_clips, F'*D): the mean over a clip's time patches within each chunk, then over its
     chunks (a short last chunk counts as much as a full one, as in EVAR)."""
-    encoder.eval()
-    pt = encoder.patch.kernel_size[1]
-    device = next(encoder.parameters()).device
-    pieces = [(i, c, v) for i, lm in enumerate(logmels) for c, v, _ in _chunks(lm, frames, pt)]
     sums: np.ndarray | None = None
     counts = np.zeros(len(logmels))
-    for s in range(0, len(pieces), batch_size):
-        part = pieces[s : s + batch_size]
-        x = torch.from_numpy(np.stack([p[1] for p in part])).unsqueeze(1).to(device)
-        h = encoder.frame_embeddings(x).float().cpu().numpy()  # (B, T', F'*D)
+    for clip, emb, _ in _encoded_chunks(encoder, logmels, frames, batch_size):
         if sums is None:
-            sums = np.zeros((len(logmels), h.shape[2]), np.float64)
-        for (clip, _, valid), emb in zip(part, h, strict=True):
-            sums[clip] += emb[:valid].mean(0)
-            counts[clip] += 1
+            sums = np.zeros((len(logmels), emb.shape[1]), np.float64)
+        sums[clip] += emb.mean(0)
+        counts[clip] += 1
     assert sums is not None
     return (sums / counts[:, None]).astype(np.float32)
 

@@ -182,11 +182,14 @@ def open_study(spec: StudySpec) -> Study:
         default=str,
     )
     study_id = queries.ensure_study(engine, spec.study, spec_json)
-    resolved = spec.output / f"{spec.study}.resolved.json"
-    resolved.write_text(spec_json)
     tracker = Tracker(spec.mlflow_uri, spec.study, spec.output / "mlartifacts")
     parent = tracker.study_run(spec.study)
-    tracker.log_artifact(parent, resolved)  # the validated study, storage URLs left out
+    resolved = spec.output / f"{spec.study}.resolved.json"
+    changed = not resolved.is_file() or resolved.read_text() != spec_json
+    if changed or not tracker.has_artifact(parent, resolved.name):
+        # Once per version of the study, not once per worker that opens it.
+        resolved.write_text(spec_json)
+        tracker.log_artifact(parent, resolved)  # the validated study, storage URLs left out
     bank = DataBank(resolve_data_root(spec.baseline.data.cache), spec.baseline.data.tasks)
     return Study(spec, engine, ledger, tracker, study_id, parent, bank)
 
@@ -256,7 +259,7 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
             return _pruned(st, trial, claim, run_id, row, result, time.perf_counter() - t0, log)
         # A stale cache from an attempt whose weights were not final is dropped first.
         emb_dir = st.spec.output / "embeddings" / trial.key
-        if not result.resumed_from or result.resumed_from < recipe.train.steps:
+        if result.resumed_from < recipe.train.steps:  # 0 when trained from scratch
             shutil.rmtree(emb_dir, ignore_errors=True)
         scores = score(
             encoder_features(

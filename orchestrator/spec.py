@@ -196,8 +196,9 @@ def build_dataclass(cls: type, data: Any, where: str, source: str) -> Any:
     known = {f.name for f in fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        if f"{where}.{key}".endswith(tuple(REMOVED)):
-            raise AblError(f"{source}: {where}.{key} {REMOVED[where.split('.')[-1] + '.' + key]}")
+        gone = REMOVED.get(f"{where.rsplit('.', 1)[-1]}.{key}")
+        if gone:
+            raise AblError(f"{source}: {where}.{key} {gone}")
         if key not in known:
             raise AblError(f"{source}: unknown key {where}.{key}; {_suggest(str(key), known)}")
         hint = hints[key]

@@ -109,6 +109,9 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
+    def has_artifact(self, run_id: str, name: str) -> bool:
+        return any(a.path == name for a in self.client.list_artifacts(run_id))
+
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 

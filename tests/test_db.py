@@ -10,37 +10,24 @@ import time
 from pathlib import Path
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 
 from db import queries
 from db.engine import init_db, make_engine
-from db.migrations import BASE_REVISION, SCRIPT_DIR, VERSION_TABLE, alembic_config, include_name
+from db.migrations import (
+    BASE_REVISION,
+    SCRIPT_DIR,
+    VERSION_TABLE,
+    alembic_config,
+    head_revision,
+    revision_and_diffs,
+)
 from db.schema import Base
 from model.errors import AblError
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"studies", "trials", "metrics"}
-
-
-def head() -> str:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
-def revision_and_diffs(engine: Engine) -> tuple[str | None, list]:
-    """The database's revision and its differences from the models (none when in step)."""
-    with engine.connect() as conn:
-        ctx = MigrationContext.configure(
-            conn,
-            opts={
-                "version_table": VERSION_TABLE,
-                "include_name": include_name,
-                "compare_type": True,
-            },
-        )
-        return ctx.get_current_revision(), compare_metadata(ctx, Base.metadata)
 
 
 def add_results(engine: Engine) -> None:
@@ -59,7 +46,7 @@ def test_fresh_file_is_migrated_to_head_and_matches_the_models(tmp_path: Path) -
     engine = make_engine(f"sqlite:///{tmp_path / 'results.db'}")
     init_db(engine)
     assert TABLES | {VERSION_TABLE} <= set(inspect(engine).get_table_names())
-    assert revision_and_diffs(engine) == (head(), [])
+    assert revision_and_diffs(engine) == (head_revision(), [])
     add_results(engine)
     assert queries.export_frame(engine)["value"].tolist() == [0.5]
 
@@ -70,7 +57,7 @@ def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
     add_results(engine)
     init_db(engine)
     init_db(make_engine(str(engine.url)))
-    assert revision_and_diffs(engine) == (head(), [])
+    assert revision_and_diffs(engine) == (head_revision(), [])
     assert len(queries.export_frame(engine)) == 1
     with engine.connect() as conn:
         assert conn.execute(text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
@@ -82,7 +69,7 @@ def test_database_made_by_create_all_is_stamped_then_upgraded(tmp_path: Path) ->
     add_results(engine)
     assert VERSION_TABLE not in inspect(engine).get_table_names()
     init_db(engine)
-    assert revision_and_diffs(engine) == (head(), [])
+    assert revision_and_diffs(engine) == (head_revision(), [])
     assert queries.export_frame(engine)["value"].tolist() == [0.5]  # the results are kept
 
 
@@ -94,7 +81,7 @@ def test_foreign_tables_are_left_alone(tmp_path: Path) -> None:
         conn.execute(text("INSERT INTO alembic_version VALUES ('v3.2.0.a')"))
         conn.execute(text("CREATE TABLE optuna_like (id INTEGER PRIMARY KEY)"))
     init_db(engine)
-    assert revision_and_diffs(engine) == (head(), [])
+    assert revision_and_diffs(engine) == (head_revision(), [])
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "v3.2.0.a"
     assert "optuna_like" in inspect(engine).get_table_names()
@@ -154,7 +141,7 @@ def test_two_processes_migrate_the_same_files_at_once(tmp_path: Path) -> None:
         assert p.returncode == 0, err
     for f in files:
         engine = make_engine(f"sqlite:///{f}")
-        assert revision_and_diffs(engine) == (head(), [])
+        assert revision_and_diffs(engine) == (head_revision(), [])
         with engine.connect() as conn:
             assert conn.execute(text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
 

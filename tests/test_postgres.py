@@ -13,15 +13,16 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
 
 from db import queries
 from db.engine import init_db, make_engine, mask_url
-from db.migrations import VERSION_TABLE, alembic_config, include_name
+from db.migrations import (
+    VERSION_TABLE,
+    head_revision,
+    revision_and_diffs,
+)
 from db.schema import Base
 from model.errors import AblError
 from tests.pg import create_database, postgres_url  # noqa: F401
@@ -43,23 +44,6 @@ def engine(db_url: str):
     engine.dispose()
 
 
-def revision_and_diffs(engine: Engine) -> tuple[str | None, list]:
-    with engine.connect() as conn:
-        ctx = MigrationContext.configure(
-            conn,
-            opts={
-                "version_table": VERSION_TABLE,
-                "include_name": include_name,
-                "compare_type": True,
-            },
-        )
-        return ctx.get_current_revision(), compare_metadata(ctx, Base.metadata)
-
-
-def head() -> str:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
 def test_server_is_loopback_only_and_wants_the_password(postgres_url: str) -> None:  # noqa: F811
     url = make_url(postgres_url)
     assert url.host == "127.0.0.1" and url.password
@@ -72,7 +56,7 @@ def test_server_is_loopback_only_and_wants_the_password(postgres_url: str) -> No
 def test_migration_matches_the_models(engine: Engine) -> None:
     init_db(engine)
     init_db(engine)  # idempotent
-    assert revision_and_diffs(engine) == (head(), [])
+    assert revision_and_diffs(engine) == (head_revision(), [])
     assert {"studies", "trials", "metrics", VERSION_TABLE} <= set(inspect(engine).get_table_names())
 
 
@@ -80,7 +64,7 @@ def test_database_made_by_create_all_is_stamped_then_upgraded(engine: Engine) ->
     Base.metadata.create_all(engine)
     sid = queries.ensure_study(engine, "old", "{}")
     init_db(engine)
-    assert revision_and_diffs(engine) == (head(), [])
+    assert revision_and_diffs(engine) == (head_revision(), [])
     assert queries.ensure_study(engine, "old", "{}") == sid
 
 
@@ -120,7 +104,7 @@ def test_two_processes_migrate_one_database_at_once(db_url: str, tmp_path: Path)
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     engine = make_engine(db_url)
-    assert revision_and_diffs(engine) == (head(), [])
+    assert revision_and_diffs(engine) == (head_revision(), [])
     engine.dispose()
 
 
@@ -188,7 +172,7 @@ def test_optuna_rdb_storage_on_the_same_server(postgres_url: str, engine: Engine
     assert [t.value for t in optuna.load_study(study_name="masking", storage=storage).trials] == [
         0.5
     ]
-    assert revision_and_diffs(engine) == (head(), [])
+    assert revision_and_diffs(engine) == (head_revision(), [])
     for s in (storage, again):
         s.engine.dispose()
 

@@ -50,8 +50,8 @@ def test_two_local_workers_finish_every_key_exactly_once(tmp_path, tiny_experime
     runs = client.search_runs([exp_id], "tags.`abl.role` = 'trial'")
     assert sorted(r.data.tags["abl.key"] for r in runs) == sorted(done)
     assert len(client.search_runs([exp_id], "tags.`abl.role` = 'study'")) == 1
-    # The workers were separate processes.
     assert len({r.data.tags["abl.host"] for r in runs}) == 1
+    # The trials ran in two separate worker processes (host:pid).
     workers = {w for (w,) in db.execute("select worker from trials where axis != 'reference'")}
     assert len(workers) == 2
 

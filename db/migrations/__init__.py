@@ -47,3 +47,29 @@ def alembic_config(url: str | None = None, connection: Any = None) -> Config:
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
+
+
+def head_revision() -> str:
+    """The newest revision of the scripts."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def revision_and_diffs(engine: Any) -> tuple[str | None, list]:
+    """A database's revision and its differences from the models (empty when in step)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from db.schema import Base
+
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn,
+            opts={
+                "version_table": VERSION_TABLE,
+                "include_name": include_name,
+                "compare_type": True,
+            },
+        )
+        return ctx.get_current_revision(), compare_metadata(ctx, Base.metadata)
