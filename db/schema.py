@@ -50,6 +50,7 @@ class Trial(Base):
     wall_s: Mapped[float | None]
     study: Mapped[Study] = relationship(back_populates="trials")
     metrics: Mapped[list[Metric]] = relationship(back_populates="trial", cascade="all")
+    curves: Mapped[list[CurvePoint]] = relationship(back_populates="trial", cascade="all")
 
 
 class Metric(Base):
@@ -62,3 +63,18 @@ class Metric(Base):
     metric: Mapped[str200]
     value: Mapped[float]
     trial: Mapped[Trial] = relationship(back_populates="metrics")
+
+
+class CurvePoint(Base):
+    """One point of a training curve (loss, collapse signals, k-NN accuracy), thinned to a
+    few hundred points per curve: what the reports draw. MLflow keeps every step."""
+
+    __tablename__ = "curve_points"
+    __table_args__ = (UniqueConstraint("trial_id", "name", "step"),)
+
+    id: Mapped[intpk]
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id"), index=True)
+    name: Mapped[str200]
+    step: Mapped[int]
+    value: Mapped[float]
+    trial: Mapped[Trial] = relationship(back_populates="curves")

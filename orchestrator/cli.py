@@ -90,7 +90,7 @@ def run(
             f"already finished {summary.skipped}, in {summary.seconds:.0f}s"
         )
         if report:
-            pages = _render(spec, [a.name for a in spec.axes])
+            pages = _render(spec)
             _attach_reports(spec, pages)
             _say(f"report:  {pages[-1]}")
         from db.engine import mask_url
@@ -149,12 +149,22 @@ def _attach_reports(spec, pages: list[Path]) -> None:  # noqa: ANN001
         tracker.log_artifact(parent, page, "reports")
 
 
-def _render(spec, axes: list[str]) -> list[Path]:  # noqa: ANN001
+def _render(spec, axes: list[str] | None = None) -> list[Path]:  # noqa: ANN001
+    """The axes' pages (default: every one) and the study overview, the overview last."""
     from db.engine import make_engine
+    from orchestrator.grid import expand
     from reports.study import render_reports
 
+    expected = [
+        {"key": t.key, "seed": t.seed, "axis": t.axis, "setting": t.setting, "settings": t.settings}
+        for t in expand(spec)
+    ]
     return render_reports(
-        make_engine(spec.results_url), spec.study, axes, spec.output / "reports" / spec.study
+        make_engine(spec.results_url),
+        spec.study,
+        spec.output / "reports" / spec.study,
+        axes=axes,
+        expected=expected,
     )
 
 
@@ -178,10 +188,12 @@ def report(
                 f"{experiments}: study {spec.study} has no results yet; "
                 f"run `abl run {experiments}` first"
             )
-        if axis in ("config", None) and spec.design == "list":
+        if axis is None:
+            axes = None  # every axis
+        elif spec.design == "list":
             axes = ["config"]  # a list design's entries share one page
         else:
-            axes = [spec.axis(axis).name] if axis else [a.name for a in spec.axes]
+            axes = [spec.axis(axis).name]
         pages = _render(spec, axes)
         _attach_reports(spec, pages)
         for page in pages:

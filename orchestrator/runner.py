@@ -25,10 +25,18 @@ from model.datasets import PreparedTask, load_task, resolve_data_root
 from model.embed import clip_embeddings
 from model.errors import AblError
 from model.features import CropSampler, FeatureSet, Normalizer, corpus_normalizer, load_features
+from model.flops import train_step_flops
 from model.probe import embed_clips, knn_accuracy, linear_probe, logmel_stats
 from model.train import train
 from model.vit import ViT
-from orchestrator.grid import TrialSpec, axis_choices, expand, semantic_config, trial_key
+from orchestrator.grid import (
+    TrialSpec,
+    axis_choices,
+    baseline_settings,
+    expand,
+    semantic_config,
+    trial_key,
+)
 from orchestrator.ledger import Claim, Ledger
 from orchestrator.spec import StudySpec
 from orchestrator.tracking import Tracker, flatten
@@ -177,6 +185,7 @@ def open_study(spec: StudySpec) -> Study:
             "configs": [dataclasses.asdict(c) for c in spec.configs],
             "crossed": list(spec.crossed),
             "baseline": dataclasses.asdict(spec.baseline),
+            "baseline_settings": baseline_settings(spec),  # each axis' baseline value, as text
         },
         sort_keys=True,
         default=str,
@@ -223,6 +232,7 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
     if claim is not None:
         st.ledger.record_params(claim, trial.settings, axis_choices(st.spec))
     t0 = time.perf_counter()
+    knn: list[tuple[str, int, float]] = []  # the intermediate k-NN curve, for the reports
     try:
         sampler = CropSampler(
             st.bank.corpus(recipe),
@@ -240,7 +250,9 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
             trial.seed,
             on_log=progress_bar(recipe.train.steps, recipe.train.batch_size),
             on_eval=(
-                intermediate_probe(st, trial, claim, run_id) if recipe.train.eval_every else None
+                intermediate_probe(st, trial, claim, run_id, knn)
+                if recipe.train.eval_every
+                else None
             ),
             checkpoint=ckpt,
         )
@@ -284,8 +296,11 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         raise
     wall = time.perf_counter() - t0
     metrics = dict(scores.metrics)
+    flops = train_step_flops(recipe).total
     metrics.update(
         {
+            ("train", "flops_per_step"): flops,
+            ("train", "gflops_per_s"): flops * result.samples_per_s / recipe.train.batch_size / 1e9,
             ("train", "final_loss"): result.history[-1]["loss"],
             ("train", "samples_per_s"): result.samples_per_s,
             ("train", "train_s"): result.wall_s,
@@ -299,7 +314,9 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         run_id, [(f"{t}.{m}", v, 0) for (t, m), v in metrics.items()] + [("wall_s", wall, 0)]
     )
     st.tracker.end_run(run_id, ok=True)
-    queries.finish_trial(st.engine, row, metrics, wall, run_id)
+    queries.finish_trial(
+        st.engine, row, metrics, wall, run_id, curves=thin_curves(result.history) + knn
+    )
     if claim is not None:
         st.ledger.complete(claim, scores.mean_accuracy)
     accs = ", ".join(f"{t} {v:.3f}" for (t, m), v in scores.metrics.items() if m == "accuracy")
@@ -336,11 +353,28 @@ def progress_bar(steps: int, batch: int):
     return show
 
 
-def intermediate_probe(st: Study, trial: TrialSpec, claim: Claim | None, run_id: str):
+def thin_curves(history: list[dict[str, float]], points: int = 200) -> list[tuple[str, int, float]]:
+    """The training history as (name, step, value), at most about `points` per curve (evenly
+    spaced, the last step always kept): what the results database keeps for the reports."""
+    by_name: dict[str, list[tuple[int, float]]] = {}
+    for rec in history:
+        for k, v in rec.items():
+            if k != "step":
+                by_name.setdefault(k, []).append((int(rec["step"]), float(v)))
+    out = []
+    for name, pts in by_name.items():
+        stride = max(1, -(-len(pts) // points))
+        keep = pts[::stride] + ([pts[-1]] if (len(pts) - 1) % stride else [])
+        out += [(name, step, v) for step, v in keep]
+    return out
+
+
+def intermediate_probe(st: Study, trial: TrialSpec, claim: Claim | None, run_id: str, points: list):
     """The training hook: every `train.eval_every` steps, the k-NN accuracy of the probed
     encoder on the first probe task (a fixed subset of its train clips as the memory, its
-    validation clips as queries), logged as an `eval.<task>.knn` curve and reported to the
-    Optuna trial as an intermediate value (what a pruner reads). Seconds, no fitting."""
+    validation clips as queries), logged as an `eval.<task>.knn` curve (and appended to
+    `points` for the results database) and reported to the Optuna trial as an intermediate
+    value (what a pruner reads). Seconds, no fitting."""
     recipe = trial.recipe
     task = recipe.probe.tasks[0]
     norm = st.bank.normalizer(recipe)
@@ -362,6 +396,7 @@ def intermediate_probe(st: Study, trial: TrialSpec, claim: Claim | None, run_id:
             list(val_fs.labels),
         )
         st.tracker.log_metrics(run_id, [(f"eval.{task}.knn", acc, step)])
+        points.append((f"eval.{task}.knn", step, acc))
         if claim is None:
             return False
         st.ledger.report(claim, step, acc)

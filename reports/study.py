@@ -1,73 +1,163 @@
-"""Study-level assembly: one page per axis plus an index, read from the results database."""
+"""The study overview (index.html) and the assembly of every page, from the results database.
+
+The overview holds what answers "what matters, by how much, how sure are we": the recipe
+table, the ablation map, the interactions of a factorial's crossed axes, the axes' importance,
+the cost per trial, and what is missing or too thin to tell. Each axis has its own page.
+"""
 
 from __future__ import annotations
 
-import html
-import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import Engine
 
-from db.queries import results_frame
-from reports.axis import _write_atomic, render_axis_report
+from reports import figures
+from reports.axis import missing_lines, render_axis_page, seed_warnings
+from reports.data import (
+    AxisAnalysis,
+    Results,
+    ablation_map,
+    analyse,
+    cost,
+    interactions,
+    load_results,
+    progress,
+    recipe,
+)
+from reports.html import Page, esc, num
+from reports.importance import axis_importance
+
+INDEX = "index.html"
 
 
-def axis_frame(df: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """The results frame with `baseline_setting`: the baseline trial's value of `axis`."""
-    out = df.copy()
-    out["baseline_setting"] = [
-        json.loads(s).get(axis) if isinstance(s, str) and s else None
-        for s in out.get("settings_json", pd.Series([None] * len(out)))
-    ]
-    return out
+def page_name(axis: str) -> str:
+    """File name of an axis' page: the axis name made safe for a file system."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in axis).strip(".") or "axis"
+    return f"{safe}.html"
 
 
-FACTORIAL_AXIS = "factorial"  # what orchestrator.grid calls a factorial design's trials
-LIST_AXIS = "config"  # and a list design's
-
-
-def factorial_rows(df: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """A factorial design's trials shown on `axis`'s page by their value of it: the axis'
-    main effect, pooled over the other crossed axes' cells and the seeds."""
-    fac = (df["axis"] == FACTORIAL_AXIS).to_numpy()
-    if not fac.any():
-        return df
-    out = df.copy()
-    values = [
-        json.loads(s).get(axis) if isinstance(s, str) and s else None for s in out["settings_json"]
-    ]
-    out.loc[fac, "setting"] = [v for v, f in zip(values, fac, strict=True) if f]
-    out.loc[fac, "axis"] = axis
-    return out
-
-
-def report_axes(df: pd.DataFrame, axes: list[str]) -> list[str]:
-    """The pages to draw: each axis, or for a list design the one page of its entries."""
-    if (df["axis"] == LIST_AXIS).any():
-        return [LIST_AXIS]
-    return axes
-
-
-def render_reports(engine: Engine, study: str, axes: list[str], out_dir: Path) -> list[Path]:
-    """Write `<axis>.html` for each axis and `index.html` linking them; returns the paths.
-
-    One-factor-at-a-time trials appear on their axis' page; a factorial design's trials on
-    every crossed axis' page, grouped by that axis' value (its main effect); a list design's
-    entries on one page, `config.html`."""
-    df = results_frame(engine, study)
-    pages = []
-    for axis in report_axes(df, axes):
-        rows = factorial_rows(axis_frame(df, axis), axis)
-        pages.append(render_axis_report(rows, axis, study, out_dir / f"{axis}.html"))
-    links = "\n".join(
-        f'<li><a href="{html.escape(p.name)}">{html.escape(p.stem)}</a></li>' for p in pages
+def render_study_page(
+    res: Results, analyses: dict[str, AxisAnalysis], pages: dict[str, str], out_path: Path
+) -> Path:
+    page = Page(f"abl study {res.study}")
+    counts = progress(res)
+    total = sum(counts.values())
+    seeds = sorted({int(s) for s in res.trials["seed"].dropna()})
+    page.para(
+        f"design {res.design}; axes {', '.join(res.axes) or '-'}; seeds {seeds}; tasks "
+        f"{', '.join(res.tasks)}. {total} trials: "
+        + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k == "done")
+        + ".",
+        "summary",
     )
-    index = (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>abl study {html.escape(study)}</title></head><body>"
-        f"<h1>abl study {html.escape(study)}</h1><p>One page per ablation axis:</p>"
-        f"<ul>{links}</ul></body></html>"
+    page.add(
+        "<nav>Axis pages: "
+        + " ".join(f'<a href="{esc(f)}">{esc(a)}</a>' for a, f in pages.items())
+        + "</nav>"
     )
-    _write_atomic(out_dir / "index.html", index)
-    return [*pages, out_dir / "index.html"]
+
+    missing = missing_lines(res.trials.assign(label=_labels(res.trials)), label="label")
+    if missing:
+        page.warnings(
+            missing[:50] + ([f"... and {len(missing) - 50} more"] if len(missing) > 50 else []),
+            f"Partial study: {len(missing)} of {total} trials have no result yet",
+        )
+    thin = [
+        f"{axis} = {line}" for axis, a in analyses.items() for line in seed_warnings(a.comparisons)
+    ]
+    if thin:
+        page.warnings(
+            thin[:50] + ([f"... and {len(thin) - 50} more"] if len(thin) > 50 else []),
+            "Seeds too few to tell (add seeds to the experiments file)",
+        )
+
+    page.heading("Recipe: the best value of each axis", "recipe")
+    rec = recipe(analyses, res.base)
+    page.para(
+        "The value with the best task-averaged accuracy, its paired gain over the baseline "
+        "value in points (95% bootstrap CI) and its Holm-corrected p-value."
+    )
+    page.table(
+        rec,
+        [
+            ("axis", "axis", None),
+            ("best", "best value", None),
+            ("gain", "gain (points)", lambda x: num(x, "{:+.2f}")),
+            ("ci_low", "CI low", lambda x: num(x, "{:+.2f}")),
+            ("ci_high", "CI high", lambda x: num(x, "{:+.2f}")),
+            ("p_holm", "Holm p", lambda x: num(x, "{:.3g}")),
+            ("n", "seeds", None),
+            ("verdict", "significant?", None),
+        ],
+        row_class=lambda r: "yes" if r["verdict"] == "significant" else "",
+    )
+
+    page.heading("Ablation map", "map")
+    page.figure(figures.map_figure(ablation_map(analyses), res.tasks, res.study))
+
+    page.heading("Interactions", "interactions")
+    pairs = interactions(res)
+    if not pairs:
+        page.para(
+            "No interaction to show: only a factorial design crosses axes "
+            f"(this study's design is {res.design}"
+            + (f", crossing {', '.join(res.crossed)}" if res.design == "factorial" else "")
+            + ")."
+        )
+    for a, b, diff, departure in pairs:
+        page.figure(figures.interaction_figure(a, b, diff, departure))
+
+    page.heading("Axis importance", "importance")
+    table, note = axis_importance(res)
+    if table.empty:
+        page.para(f"Not computed: {note}.")
+    else:
+        page.figure(figures.importance_figure(table, note))
+
+    page.heading("Cost per trial", "cost")
+    c = cost(res)
+    page.figure(figures.cost_figure(c))
+    if not c.empty:
+        g = c.groupby("label", sort=False).mean(numeric_only=True).reset_index()
+        page.table(
+            g,
+            [
+                ("label", "configuration", None),
+                ("wall_s", "wall s", lambda x: num(x, "{:.0f}")),
+                ("train_s", "training s", lambda x: num(x, "{:.0f}")),
+                ("probe_s", "probes s", lambda x: num(x, "{:.0f}")),
+                ("flops_per_step", "GFLOP / step", lambda x: num(float(x) / 1e9, "{:.2f}")),
+                ("gflops_per_s", "GFLOP/s", lambda x: num(x, "{:.0f}")),
+            ],
+        )
+    if res.stale:
+        page.para(f"{res.stale} result(s) of earlier versions of this study are not shown.")
+    return page.write(out_path)
+
+
+def _labels(trials: pd.DataFrame) -> list[str]:
+    return [
+        "baseline" if a == "baseline" else s if a in ("factorial", "config") else f"{a} = {s}"
+        for a, s in zip(trials["axis"], trials["setting"], strict=True)
+    ]
+
+
+def render_reports(
+    engine: Engine,
+    study: str,
+    out_dir: Path,
+    axes: Iterable[str] | None = None,
+    expected: Iterable[dict] | None = None,
+) -> list[Path]:
+    """Write one page per axis (`axes`, default every one) and the overview `index.html`;
+    returns the paths, the overview last. `expected` lists the trials the experiments file
+    asks for (see reports.data.load_results)."""
+    res = load_results(engine, study, expected)
+    analyses = analyse(res)
+    wanted = list(analyses) if axes is None else [a for a in axes if a in analyses]
+    pages = {a: page_name(a) for a in analyses}
+    paths = [render_axis_page(res, a, analyses[a], out_dir / pages[a]) for a in wanted]
+    paths.append(render_study_page(res, analyses, pages, out_dir / INDEX))
+    return paths

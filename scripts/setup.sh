@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the real-audio tasks come from (see README, "Data").
 # postgresql: the server binary the PostgreSQL tests start on loopback (tests/pg.py).
-APT_PACKAGES=(0ad-data fluid-soundfont-gm libfluidsynth3 fillets-ng-data-cs fillets-ng-data-nl espeak-ng postgresql)
+# chromium: the headless browser the report tests load every page in (tests/browser.py).
+APT_PACKAGES=(0ad-data fluid-soundfont-gm libfluidsynth3 fillets-ng-data-cs fillets-ng-data-nl espeak-ng postgresql chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

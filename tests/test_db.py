@@ -36,6 +36,20 @@ def add_results(engine: Engine) -> None:
     queries.finish_trial(engine, tid, {("env-sfx", "acc"): 0.5}, 1.0, None)
 
 
+def add_results_sql(engine: Engine) -> None:
+    """What abl wrote before there were curves, in the first revision's tables."""
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO studies VALUES (1, 's', '2026-01-01 00:00:00', '{}')"))
+        conn.execute(
+            text(
+                "INSERT INTO trials (id, study_id, key, seed, axis, setting, settings_json, "
+                "config_json, status, wall_s) VALUES (1, 1, 'k1', 0, 'masking', 'time', '{}', "
+                "'{}', 'done', 1.0)"
+            )
+        )
+        conn.execute(text("INSERT INTO metrics VALUES (1, 1, 'env-sfx', 'acc', 0.5)"))
+
+
 def test_scripts_are_found_from_the_package() -> None:
     assert SCRIPT_DIR == ROOT / "db" / "migrations"
     assert (SCRIPT_DIR / "env.py").is_file() and (SCRIPT_DIR / "script.py.mako").is_file()
@@ -65,12 +79,26 @@ def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
 
 def test_database_made_by_create_all_is_stamped_then_upgraded(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'results.db'}")
-    Base.metadata.create_all(engine)  # what init_db did before migrations
-    add_results(engine)
+    # What init_db did before migrations: the tables of the base revision.
+    Base.metadata.create_all(engine, tables=[Base.metadata.tables[t] for t in TABLES])
+    add_results_sql(engine)
     assert VERSION_TABLE not in inspect(engine).get_table_names()
     init_db(engine)
     assert revision_and_diffs(engine) == (head_revision(), [])
     assert queries.export_frame(engine)["value"].tolist() == [0.5]  # the results are kept
+
+
+def test_database_at_the_first_revision_gains_the_curve_points(tmp_path: Path) -> None:
+    from alembic import command
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'results.db'}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(connection=conn), BASE_REVISION)
+    assert "curve_points" not in inspect(engine).get_table_names()
+    add_results_sql(engine)
+    init_db(engine)
+    assert revision_and_diffs(engine) == (head_revision(), [])
+    assert queries.export_frame(engine)["value"].tolist() == [0.5]
 
 
 def test_foreign_tables_are_left_alone(tmp_path: Path) -> None:

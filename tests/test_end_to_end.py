@@ -11,6 +11,7 @@ from plotly.offline import get_plotlyjs
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from tests.browser import load
 
 runner = CliRunner()
 
@@ -101,7 +102,17 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
     ):
         assert word in text
     base_acc = dict(accs)["baseline"]
-    assert f"{base_acc:.4g}"[:4] in text  # the score itself is in the figure data
+    assert f'<td class="num">{100 * base_acc:.2f}</td>' in text  # the score, in percent
+    # The overview and the axis page, from real results, in a real browser.
+    index = out / "reports" / "tiny" / "index.html"
+    assert "Ablation map" in index.read_text() and "Seeds too few to tell" in index.read_text()
+    for p, titles in (
+        (index, ["Ablation map — study tiny", "Cost per trial"]),
+        (page, ["Probe accuracy by masking", "Training curves by masking"]),
+    ):
+        loaded = load(p, tmp_path / "browser")
+        assert loaded.console == [] and loaded.ink() > 0.05
+        assert set(titles) <= set(loaded.figure_titles), loaded.figure_titles
 
     # Status and the stable export read the same rows.
     st = runner.invoke(app, ["status", str(exp)])

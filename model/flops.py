@@ -1,0 +1,86 @@
+"""Floating-point operations of a JEPA training step, counted from the recipe.
+
+Only matrix products count (2 FLOPs per multiply-add), the convention of throughput figures:
+the patch embedding, every linear layer, and the two attention products (QK^T and AV).
+Norms, GELU, softmax, the loss and the EMA update are left out; they are a few percent of the
+step. A backward pass costs twice its forward (gradients of activations and of weights).
+
+The token counts come from the recipe's own mask sampler (averaged over a few fixed draws), so
+multiblock masks, whose sizes vary, are counted as the training sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.config import RecipeConfig
+from model.masks import sample_masks
+
+_DRAWS = 16  # fixed mask draws averaged for the token counts
+
+
+def transformer_flops(tokens: float, width: int, depth: int, mlp_ratio: float) -> float:
+    """Forward FLOPs of `depth` pre-norm blocks over `tokens` tokens, per sample."""
+    hidden = int(width * mlp_ratio)
+    linear = 2 * tokens * (4 * width * width + 2 * width * hidden)  # qkv, proj, two MLP layers
+    attention = 2 * 2 * tokens * tokens * width  # QK^T and AV over all heads
+    return depth * (linear + attention)
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """FLOPs of one training step (the whole batch), by part."""
+
+    context: float  # context encoder, forward + backward
+    predictor: float  # predictor, forward + backward
+    target: float  # target encoder, forward only (no gradient)
+    context_tokens: float
+    target_tokens: float
+
+    @property
+    def total(self) -> float:
+        return self.context + self.predictor + self.target
+
+    def encoder_share(self) -> float:
+        """Share of the step spent in the context encoder: what a plain ViT step would do."""
+        return self.context / self.total
+
+
+def token_counts(recipe: RecipeConfig, grid: tuple[int, int]) -> tuple[float, float]:
+    """Mean context and target tokens per sample over fixed mask draws (and, with a
+    curriculum, over the whole schedule)."""
+    ctx = tgt = 0.0
+    for i in range(_DRAWS):
+        m = sample_masks(1, grid, recipe.mask, seed=i, progress=i / max(_DRAWS - 1, 1))
+        ctx += m.context.shape[1]
+        tgt += m.target.shape[1]
+    return ctx / _DRAWS, tgt / _DRAWS
+
+
+def train_step_flops(recipe: RecipeConfig) -> StepFlops:
+    """FLOPs of one optimiser step of `recipe` (batch included)."""
+    fe, enc, pred = recipe.frontend, recipe.encoder, recipe.predictor
+    pf, pt = enc.patch
+    grid = (fe.n_mels // pf, fe.frames // pt)
+    n_all = grid[0] * grid[1]
+    n_ctx, n_tgt = token_counts(recipe, grid)
+    patch = 2 * pf * pt * enc.width  # per token
+
+    def encoder(tokens: float) -> float:
+        # The patch embedding runs over every patch; the blocks over the kept tokens only.
+        return n_all * patch + transformer_flops(tokens, enc.width, enc.depth, enc.mlp_ratio)
+
+    target_tokens = n_all if recipe.target.branch == "full-input" else n_tgt
+    predictor = (
+        2 * n_ctx * enc.width * pred.width  # into the predictor's width
+        + transformer_flops(n_ctx + n_tgt, pred.width, pred.depth, pred.mlp_ratio)
+        + 2 * n_tgt * pred.width * enc.width  # back to the encoder's width, targets only
+    )
+    b = recipe.train.batch_size
+    return StepFlops(
+        context=3 * b * encoder(n_ctx),
+        predictor=3 * b * predictor,
+        target=b * encoder(target_tokens),
+        context_tokens=n_ctx,
+        target_tokens=n_tgt,
+    )

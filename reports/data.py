@@ -1,0 +1,503 @@
+"""A study's results as the reports see them, read through db/, and the tables computed from
+them: per-axis rows, paired comparisons to the baseline, the ablation map, factorial
+interactions, cost per trial and the recipe.
+
+Scores are in percent. Every comparison pairs a value with the baseline at the same seed; in
+a factorial design a value's score at a seed is the mean over the cells holding that value
+(its main effect), and the baseline is the baseline's value of the axis.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine
+
+from db.queries import curves_frame, results_frame, study_spec
+from reports.stats import ALPHA, MAX_SEEDS, bootstrap_ci, holm, paired_t_pvalue, seeds_needed
+
+AVERAGE_TASK = "average over tasks"
+PROBE_METRICS = ("accuracy", "macro_f1")
+REFERENCE_AXIS = "reference"
+BASELINE_AXIS = "baseline"
+FACTORIAL_AXIS = "factorial"  # what orchestrator.grid calls a factorial design's trials
+LIST_AXIS = "config"  # and a list design's entries
+NOT_STARTED = "not started"
+# Statuses of trials that will still produce a result, or never will.
+UNFINISHED = ("running", NOT_STARTED)
+NO_RESULT = ("failed", "pruned")
+
+
+@dataclass
+class Results:
+    """Everything the pages draw, for one study."""
+
+    study: str
+    design: str
+    axes: list[str]  # the report's axes, in the experiments file's order
+    crossed: list[str]  # factorial: the crossed axes
+    base: dict[str, str]  # each axis' baseline value, as text
+    tasks: list[str]  # probe tasks, in the experiments file's order
+    # One row per trial: key, seed, axis, setting, status, error, wall_s, settings (a dict).
+    # Trials of the experiments file that have no row yet are there as "not started".
+    trials: pd.DataFrame
+    scores: pd.DataFrame  # key, task, metric, value (percent), probe metrics of done trials
+    train: pd.DataFrame  # key, metric, value: the trials' training figures (seconds, FLOPs)
+    curves: pd.DataFrame  # key, name, step, value
+    references: pd.DataFrame  # setting, seed, task, metric, value (percent)
+    stale: int = 0  # results of the study from earlier versions of the file, left out
+    notes: list[str] = field(default_factory=list)
+
+
+def load_results(engine: Engine, study: str, expected: Iterable[dict] | None = None) -> Results:
+    """Read a study. `expected` (dicts with key, seed, axis, setting, settings) lists the
+    trials the experiments file asks for: those without a row become "not started", and rows
+    whose key is not among them (an earlier version of the file) are left out and counted."""
+    spec = study_spec(engine, study) or {}
+    df = results_frame(engine, study)
+    trial_cols = ["key", "seed", "axis", "setting", "status", "error", "wall_s", "settings_json"]
+    trials = df[trial_cols].drop_duplicates("key").reset_index(drop=True)
+    trials["settings"] = [
+        json.loads(s) if isinstance(s, str) and s else {} for s in trials.pop("settings_json")
+    ]
+    is_ref = trials["axis"] == REFERENCE_AXIS
+    stale = 0
+    if expected is not None:
+        expected = list(expected)
+        want = {e["key"] for e in expected}
+        keep = is_ref | trials["key"].isin(want)
+        stale = int((~keep).sum())
+        trials = trials[keep].reset_index(drop=True)
+        have = set(trials["key"])
+        extra = [
+            {
+                **{k: e[k] for k in ("key", "seed", "axis", "setting", "settings")},
+                "status": NOT_STARTED,
+                "error": None,
+                "wall_s": math.nan,
+            }
+            for e in expected
+            if e["key"] not in have
+        ]
+        if extra:
+            trials = pd.concat([trials, pd.DataFrame(extra)], ignore_index=True)
+        is_ref = trials["axis"] == REFERENCE_AXIS
+    kept = set(trials["key"])
+
+    m = df[df["key"].isin(kept) & df["task"].notna()]
+    m = m[np.isfinite(pd.to_numeric(m["value"], errors="coerce").astype(float))]
+    probe = m[(m["task"] != "train") & m["metric"].isin(PROBE_METRICS) & (m["status"] == "done")]
+    scores = probe[["key", "task", "metric", "value"]].copy()
+    scores["value"] = scores["value"].astype(float) * 100.0
+    train = m[m["task"] == "train"][["key", "metric", "value"]].reset_index(drop=True)
+
+    ref_keys = trials.loc[is_ref, ["key", "setting", "seed"]]
+    references = ref_keys.merge(scores, on="key")[["setting", "seed", "task", "metric", "value"]]
+    scores = scores[~scores["key"].isin(set(ref_keys["key"]))].reset_index(drop=True)
+
+    curves = curves_frame(engine, study)
+    curves = curves[curves["key"].isin(kept)].reset_index(drop=True)
+
+    baseline = spec.get("baseline") or {}
+    tasks = list((baseline.get("probe") or {}).get("tasks") or [])
+    for t in sorted(set(scores["task"]) - set(tasks)):
+        tasks.append(t)
+    base = dict(spec.get("baseline_settings") or {})
+    if not base:  # results written before the spec carried them: the baseline trial's
+        b = trials[trials["axis"] == BASELINE_AXIS]
+        base = dict(b["settings"].iloc[0]) if len(b) else {}
+    design = spec.get("design") or _guess_design(trials)
+    axes = [a["name"] for a in spec.get("axes") or []]
+    if not axes:
+        axes = sorted(set(trials["axis"]) - {REFERENCE_AXIS, BASELINE_AXIS, FACTORIAL_AXIS})
+    crossed = list(spec.get("crossed") or []) or (axes if design == "factorial" else [])
+    if design == "list":
+        base = {**base, LIST_AXIS: BASELINE_AXIS}
+    return Results(
+        study,
+        design,
+        axes,
+        crossed,
+        base,
+        tasks,
+        trials[~is_ref].reset_index(drop=True),
+        scores,
+        train,
+        curves,
+        references,
+        stale,
+    )
+
+
+def _guess_design(trials: pd.DataFrame) -> str:
+    axes = set(trials["axis"])
+    return "factorial" if FACTORIAL_AXIS in axes else "list" if LIST_AXIS in axes else "ofat"
+
+
+def page_axes(res: Results) -> list[str]:
+    """The axis pages: each axis, or for a list design the one page of its entries."""
+    return [LIST_AXIS] if res.design == "list" else list(res.axes)
+
+
+# --------------------------------------------------------------------------------------------
+# One axis
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AxisView:
+    """The trials on one axis' page, each labelled with its value of the axis."""
+
+    axis: str
+    trials: pd.DataFrame  # key, seed, status, error, wall_s, setting (the value), is_base
+    base_label: str | None  # the value differences are taken to; None: no such trial
+    note: str = ""  # how the trials were chosen, for the page
+
+    @property
+    def values(self) -> list[str]:
+        """The axis' values in display order: the baseline first, then numeric or text order."""
+        return order_values(self.trials["setting"].tolist(), self.base_label)
+
+
+def order_values(values: list[str], base: str | None) -> list[str]:
+    uniq = list(dict.fromkeys(str(v) for v in values))
+    rest = [v for v in uniq if v != base]
+    try:
+        rest.sort(key=float)
+    except ValueError:
+        rest.sort()
+    return ([base] if base in uniq else []) + rest
+
+
+def axis_view(res: Results, axis: str) -> AxisView:
+    t = res.trials
+    base = res.base.get(axis)
+    if res.design == "factorial":
+        if axis not in res.crossed:
+            return AxisView(axis, t.iloc[0:0].assign(is_base=False), None, "not crossed")
+        sel = t[t["axis"] == FACTORIAL_AXIS].copy()
+        sel["setting"] = [str(s.get(axis)) for s in sel["settings"]]
+        note = (
+            f"factorial design: each value pools every cell that holds it (its main effect, "
+            f"averaged over the other crossed axes {', '.join(a for a in res.crossed if a != axis)}"
+            ") at each seed"
+            if len(res.crossed) > 1
+            else "factorial design over one axis"
+        )
+    else:
+        sel = t[(t["axis"] == axis) | (t["axis"] == BASELINE_AXIS)].copy()
+        sel.loc[sel["axis"] == BASELINE_AXIS, "setting"] = base if base is not None else "baseline"
+        note = "one factor at a time: each value differs from the baseline in this axis only"
+        if axis == LIST_AXIS:
+            note = "list design: each entry against the baseline"
+    sel["setting"] = sel["setting"].astype(str)
+    if base is None or base not in set(sel["setting"]):
+        base = None
+    sel["is_base"] = sel["setting"] == base
+    cols = ["key", "seed", "status", "error", "wall_s", "setting", "is_base", "settings"]
+    return AxisView(axis, sel[cols].reset_index(drop=True), base, note)
+
+
+def view_scores(res: Results, view: AxisView, metric: str = "accuracy") -> pd.DataFrame:
+    """Per value, seed and task: the score (mean over the cells of a factorial at that seed),
+    and the task average for seeds that have every task. Columns setting, seed, task, value."""
+    s = res.scores[res.scores["metric"] == metric].merge(
+        view.trials[["key", "seed", "setting"]], on="key"
+    )
+    if s.empty:
+        return pd.DataFrame(columns=["setting", "seed", "task", "value"])
+    per = s.groupby(["setting", "seed", "task"], as_index=False, sort=False)["value"].mean()
+    wide = per.pivot_table(index=["setting", "seed"], columns="task", values="value")
+    tasks = [t for t in res.tasks if t in wide.columns]
+    avg = wide[tasks].dropna(how="any").mean(axis=1).rename("value").reset_index()
+    avg["task"] = AVERAGE_TASK
+    if len(tasks) < 2:
+        avg = avg.iloc[0:0]
+    return pd.concat([per, avg[["setting", "seed", "task", "value"]]], ignore_index=True)
+
+
+def summarise(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% bootstrap CI across seeds per value and task (NaN CI for one seed)."""
+    rows = []
+    for (setting, task), g in scores.groupby(["setting", "task"], sort=False):
+        v = g["value"].to_numpy(dtype=float)
+        low, high = bootstrap_ci(v)
+        rows.append(
+            dict(
+                setting=setting, task=task, n_seeds=v.size, mean=v.mean(), ci_low=low, ci_high=high
+            )
+        )
+    cols = ["setting", "task", "n_seeds", "mean", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def in_value_order(df: pd.DataFrame, base: str | None) -> pd.DataFrame:
+    """Rows sorted by value (the baseline first), stable within a value."""
+    rank = {v: i for i, v in enumerate(order_values(df["setting"].tolist(), base))}
+    return df.iloc[np.argsort(df["setting"].map(rank).to_numpy(), kind="stable")]
+
+
+COMPARISON_COLUMNS = [
+    "setting",
+    "task",
+    "n",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p",
+    "p_holm",
+    "seeds_needed",
+    "verdict",
+]
+
+
+def compare(scores: pd.DataFrame, base: str | None, tasks: list[str]) -> pd.DataFrame:
+    """Each value against the baseline value, paired by seed, per task and on the task average:
+    the mean difference in points, its bootstrap CI, the paired t-test p-value and its Holm
+    correction over this axis' family (every value x task, the average included)."""
+    if base is None or scores.empty or base not in set(scores["setting"]):
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    settings = order_values(scores["setting"].tolist(), base)[1:]
+    # One table: (task, seed) rows, value columns, NaN where a seed has no result.
+    wide = scores.pivot_table(index=["task", "seed"], columns="setting", values="value")
+    cols = {c: i for i, c in enumerate(wide.columns)}
+    grid = wide.to_numpy(dtype=float)
+    row_tasks = wide.index.get_level_values(0).to_numpy()
+    rows = []
+    for task in [*tasks, AVERAGE_TASK]:
+        block = grid[row_tasks == task]
+        if block.size == 0:
+            continue
+        b = block[:, cols[base]]
+        for setting in settings:
+            x = block[:, cols[setting]]
+            d = (x - b)[~np.isnan(x) & ~np.isnan(b)]
+            if d.size == 0:
+                continue
+            low, high = bootstrap_ci(d)
+            rows.append(
+                (
+                    setting,
+                    task,
+                    d.size,
+                    d.mean(),
+                    low,
+                    high,
+                    paired_t_pvalue(d),
+                    math.nan,
+                    seeds_needed(d),
+                    "",
+                )
+            )
+    out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    if out.empty:
+        return out
+    out["p_holm"] = holm(out["p"].tolist())
+    out["verdict"] = [verdict(r.n, r.p_holm, r.seeds_needed) for r in out.itertuples()]
+    return out
+
+
+def verdict(n: int, p_holm: float, needed: float) -> str:
+    if n < 2:
+        return f"{n} seed: too few to tell"
+    if math.isnan(p_holm):
+        return "identical across seeds: no test"
+    if p_holm < ALPHA:
+        return "significant"
+    if math.isinf(needed):
+        return f"too few seeds to tell (over {MAX_SEEDS} needed: no effect to speak of)"
+    if not math.isnan(needed) and needed > n:
+        return f"too few seeds to tell ({int(needed)} needed)"
+    return "not significant"
+
+
+def too_few(verdict_text: str) -> bool:
+    return "too few" in verdict_text or "no test" in verdict_text
+
+
+# --------------------------------------------------------------------------------------------
+# The study
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AxisAnalysis:
+    view: AxisView
+    scores: pd.DataFrame  # view_scores for accuracy
+    summary: pd.DataFrame
+    comparisons: pd.DataFrame
+
+
+def analyse(res: Results) -> dict[str, AxisAnalysis]:
+    out = {}
+    for axis in page_axes(res):
+        view = axis_view(res, axis)
+        scores = view_scores(res, view)
+        base = view.base_label
+        out[axis] = AxisAnalysis(
+            view,
+            scores,
+            in_value_order(summarise(scores), base),
+            in_value_order(compare(scores, base, res.tasks), base),
+        )
+    return out
+
+
+def ablation_map(analyses: dict[str, AxisAnalysis]) -> pd.DataFrame:
+    """Rows axis and value, columns task: the difference to the baseline with its test."""
+    parts = [a.comparisons.assign(axis=axis) for axis, a in analyses.items()]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=["axis", *COMPARISON_COLUMNS])
+    return pd.concat(parts, ignore_index=True)[["axis", *COMPARISON_COLUMNS]]
+
+
+def recipe(analyses: dict[str, AxisAnalysis], base: dict[str, str]) -> pd.DataFrame:
+    """Per axis: the value with the best task-averaged score, its gain over the baseline value
+    (paired, points) and whether that gain is significant after Holm's correction."""
+    rows = []
+    for axis, a in analyses.items():
+        avg = a.comparisons[a.comparisons["task"] == AVERAGE_TASK]
+        base_value = a.view.base_label
+        if base_value is None or avg.empty:
+            rows.append(
+                dict(
+                    axis=axis,
+                    best=base.get(axis, ""),
+                    gain=math.nan,
+                    ci_low=math.nan,
+                    ci_high=math.nan,
+                    p_holm=math.nan,
+                    n=0,
+                    verdict="no paired results yet",
+                )
+            )
+            continue
+        best = avg.loc[avg["diff"].idxmax()]
+        if best["diff"] <= 0:
+            rows.append(
+                dict(
+                    axis=axis,
+                    best=f"{base_value} (baseline)",
+                    gain=0.0,
+                    ci_low=math.nan,
+                    ci_high=math.nan,
+                    p_holm=math.nan,
+                    n=int(avg["n"].max()),
+                    verdict="no value beat the baseline",
+                )
+            )
+            continue
+        rows.append(
+            dict(
+                axis=axis,
+                best=best["setting"],
+                gain=best["diff"],
+                ci_low=best["ci_low"],
+                ci_high=best["ci_high"],
+                p_holm=best["p_holm"],
+                n=int(best["n"]),
+                verdict=best["verdict"],
+            )
+        )
+    return pd.DataFrame(
+        rows, columns=["axis", "best", "gain", "ci_low", "ci_high", "p_holm", "n", "verdict"]
+    )
+
+
+def interactions(res: Results) -> list[tuple[str, str, pd.DataFrame, float]]:
+    """For each pair of crossed axes of a factorial: the task-averaged accuracy per cell of the
+    pair (mean over seeds and the other crossed axes) as the difference to the baseline's cell,
+    and the largest departure from additivity (points): how far a cell is from row effect plus
+    column effect."""
+    if res.design != "factorial" or len(res.crossed) < 2:
+        return []
+    fac = res.trials[res.trials["axis"] == FACTORIAL_AXIS]
+    acc = res.scores[res.scores["metric"] == "accuracy"]
+    wide = acc.pivot_table(index="key", columns="task", values="value")
+    tasks = [t for t in res.tasks if t in wide.columns]
+    if not tasks:
+        return []
+    avg = wide[tasks].dropna(how="any").mean(axis=1).rename("value")
+    cells = fac.set_index("key").join(avg, how="inner")
+    out = []
+    for a, b in combinations(res.crossed, 2):
+        if cells.empty:
+            continue
+        va = [str(s.get(a)) for s in cells["settings"]]
+        vb = [str(s.get(b)) for s in cells["settings"]]
+        per_seed = (
+            pd.DataFrame({a: va, b: vb, "seed": cells["seed"], "value": cells["value"]})
+            .groupby([a, b, "seed"], as_index=False)["value"]
+            .mean()
+        )
+        grid = per_seed.groupby([a, b])["value"].mean().unstack(b)
+        grid = grid.reindex(
+            index=order_values(list(grid.index), res.base.get(a)),
+            columns=order_values(list(grid.columns), res.base.get(b)),
+        )
+        ref = grid.iloc[0, 0]
+        diff = grid - ref
+        full = grid.dropna(how="any")
+        full = full.loc[:, grid.notna().all()] if not full.empty else full
+        departure = math.nan
+        if full.shape[0] >= 2 and full.shape[1] >= 2:
+            g = full.to_numpy()
+            resid = g - g.mean(1, keepdims=True) - g.mean(0, keepdims=True) + g.mean()
+            departure = float(np.abs(resid).max())
+        out.append((a, b, diff, departure))
+    return out
+
+
+def cost(res: Results, view_label: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per finished trial: wall time split into data, training, probes and the rest (s), FLOPs
+    per step and the achieved GFLOP/s, with a label naming its configuration."""
+    t = res.trials[res.trials["status"] == "done"][["key", "seed", "axis", "setting", "wall_s"]]
+    if t.empty:
+        return pd.DataFrame(
+            columns=[
+                "label",
+                "seed",
+                "wall_s",
+                "data_s",
+                "train_s",
+                "probe_s",
+                "other_s",
+                "flops_per_step",
+                "gflops_per_s",
+            ]
+        )
+    figures = res.train.pivot_table(index="key", columns="metric", values="value")
+    t = t.join(figures, on="key")
+    for c in ("data_s", "train_s", "probe_s", "flops_per_step", "gflops_per_s"):
+        if c not in t.columns:
+            t[c] = math.nan
+    t["label"] = [
+        "baseline" if a == BASELINE_AXIS else s if a in (FACTORIAL_AXIS, LIST_AXIS) else f"{a}={s}"
+        for a, s in zip(t["axis"], t["setting"], strict=True)
+    ]
+    t["other_s"] = (t["wall_s"] - t[["data_s", "train_s", "probe_s"]].fillna(0).sum(axis=1)).clip(0)
+    cols = [
+        "label",
+        "seed",
+        "wall_s",
+        "data_s",
+        "train_s",
+        "probe_s",
+        "other_s",
+        "flops_per_step",
+        "gflops_per_s",
+    ]
+    return t[cols].reset_index(drop=True)
+
+
+def progress(res: Results) -> dict[str, int]:
+    counts = res.trials["status"].value_counts()
+    keys = ("done", "running", NOT_STARTED, "failed", "pruned")
+    return {k: int(counts.get(k, 0)) for k in keys}
