@@ -455,46 +455,34 @@ def interactions(res: Results) -> list[tuple[str, str, pd.DataFrame, float]]:
     return out
 
 
-def cost(res: Results, view_label: dict[str, str] | None = None) -> pd.DataFrame:
+COST_COLUMNS = [
+    *("label", "seed", "wall_s", "data_s", "train_s", "probe_s", "other_s"),
+    *("flops_per_step", "gflops_per_s"),
+]
+
+
+def trial_label(axis: str, setting: str) -> str:
+    """How a trial's configuration is named on the overview: baseline, axis=value (ofat), or
+    the cell or entry name (factorial, list)."""
+    if axis == BASELINE_AXIS:
+        return "baseline"
+    return setting if axis in (FACTORIAL_AXIS, LIST_AXIS) else f"{axis}={setting}"
+
+
+def cost(res: Results) -> pd.DataFrame:
     """Per finished trial: wall time split into data, training, probes and the rest (s), FLOPs
     per step and the achieved GFLOP/s, with a label naming its configuration."""
     t = res.trials[res.trials["status"] == "done"][["key", "seed", "axis", "setting", "wall_s"]]
     if t.empty:
-        return pd.DataFrame(
-            columns=[
-                "label",
-                "seed",
-                "wall_s",
-                "data_s",
-                "train_s",
-                "probe_s",
-                "other_s",
-                "flops_per_step",
-                "gflops_per_s",
-            ]
-        )
+        return pd.DataFrame(columns=COST_COLUMNS)
     figures = res.train.pivot_table(index="key", columns="metric", values="value")
     t = t.join(figures, on="key")
     for c in ("data_s", "train_s", "probe_s", "flops_per_step", "gflops_per_s"):
         if c not in t.columns:
             t[c] = math.nan
-    t["label"] = [
-        "baseline" if a == BASELINE_AXIS else s if a in (FACTORIAL_AXIS, LIST_AXIS) else f"{a}={s}"
-        for a, s in zip(t["axis"], t["setting"], strict=True)
-    ]
+    t["label"] = [trial_label(a, s) for a, s in zip(t["axis"], t["setting"], strict=True)]
     t["other_s"] = (t["wall_s"] - t[["data_s", "train_s", "probe_s"]].fillna(0).sum(axis=1)).clip(0)
-    cols = [
-        "label",
-        "seed",
-        "wall_s",
-        "data_s",
-        "train_s",
-        "probe_s",
-        "other_s",
-        "flops_per_step",
-        "gflops_per_s",
-    ]
-    return t[cols].reset_index(drop=True)
+    return t[COST_COLUMNS].reset_index(drop=True)
 
 
 def progress(res: Results) -> dict[str, int]:

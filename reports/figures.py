@@ -23,6 +23,15 @@ REFERENCES = {  # name: (dash, colour, label position)
     "random-init": ("dash", "#7f7f7f", "start"),
     "logmel-stats": ("dashdot", "#8c564b", "end"),
 }
+# Explicit scales: plotly.js and plotly.py disagree on the direction of named ones.
+DIVERGING = [
+    [0.0, "#b2182b"],
+    [0.25, "#ef8a62"],
+    [0.5, "#f7f7f7"],
+    [0.75, "#67a9cf"],
+    [1.0, "#2166ac"],
+]  # red worse, white no change, blue better
+SEQUENTIAL = [[0.0, "#f7fbff"], [0.5, "#6baed6"], [1.0, "#08306b"]]  # light low, dark high
 CURVES = {  # curve name prefix: (panel title, y axis title)
     "loss": ("training loss", "loss"),
     "eval.": ("k-NN accuracy during training", "k-NN accuracy"),
@@ -387,7 +396,7 @@ def map_figure(table: pd.DataFrame, tasks: list[str], study: str) -> Figure:
         texttemplate="%{text}",
         customdata=hover,
         hovertemplate="%{customdata}<extra></extra>",
-        colorscale="RdBu",
+        colorscale=DIVERGING,
         zmid=0,
         zmin=-lim,
         zmax=lim,
@@ -418,7 +427,7 @@ def interaction_figure(a: str, b: str, diff: pd.DataFrame, departure: float) -> 
         y=[esc(r) for r in diff.index],
         text=text,
         texttemplate="%{text}",
-        colorscale="RdBu",
+        colorscale=DIVERGING,
         zmid=0,
         colorbar=dict(title=dict(text="points")),
         hovertemplate=f"{esc(a)} %{{y}}<br>{esc(b)} %{{x}}<br>%{{z:+.2f}} points<extra></extra>",
@@ -444,7 +453,7 @@ def importance_figure(table: pd.DataFrame, note: str) -> Figure:
         x=[esc(c) for c in table.columns],
         y=[esc(a) for a in table.index],
         texttemplate="%{z:.2f}",
-        colorscale="Blues",
+        colorscale=SEQUENTIAL,
         zmin=0,
         zmax=1,
         colorbar=dict(title=dict(text="share")),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import pandas as pd
 from sqlalchemy import Engine
 
 from reports import figures
@@ -25,6 +24,7 @@ from reports.data import (
     load_results,
     progress,
     recipe,
+    trial_label,
 )
 from reports.html import Page, esc, num
 from reports.importance import axis_importance
@@ -58,7 +58,10 @@ def render_study_page(
         + "</nav>"
     )
 
-    missing = missing_lines(res.trials.assign(label=_labels(res.trials)), label="label")
+    labels = [
+        trial_label(a, s) for a, s in zip(res.trials["axis"], res.trials["setting"], strict=True)
+    ]
+    missing = missing_lines(res.trials.assign(label=labels), label="label")
     if missing:
         page.warnings(
             missing[:50] + ([f"... and {len(missing) - 50} more"] if len(missing) > 50 else []),
@@ -135,13 +138,6 @@ def render_study_page(
     if res.stale:
         page.para(f"{res.stale} result(s) of earlier versions of this study are not shown.")
     return page.write(out_path)
-
-
-def _labels(trials: pd.DataFrame) -> list[str]:
-    return [
-        "baseline" if a == "baseline" else s if a in ("factorial", "config") else f"{a} = {s}"
-        for a, s in zip(trials["axis"], trials["setting"], strict=True)
-    ]
 
 
 def render_reports(

@@ -35,6 +35,11 @@ def _tiny_experiments(tmp_path: Path, **overrides) -> Path:
     spec = yaml.safe_load((ROOT / "experiments.yaml").read_text())
     spec["study"] = "tiny"
     spec["output"] = str(tmp_path / "out")
+    # One axis, one seed, one factor at a time, whatever the repo's default study is.
+    spec["design"] = "ofat"
+    spec["seeds"] = [0]
+    spec["axes"] = {"masking": {"path": "mask.strategy", "values": ["unstructured", "time"]}}
+    spec.pop("crossed", None)
     b = spec["baseline"]
     b["data"]["max_clips_per_class"] = 4
     b["data"]["corpus"] = ["env-sfx"]

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def spec_with(**changes):
+    """The repo's study made one-factor-at-a-time over seed 0, with `changes`."""
+    changes = {"design": "ofat", "crossed": (), "seeds": (0,), **changes}
     return dataclasses.replace(load_spec(ROOT / "experiments.yaml"), **changes)
 
 
@@ -60,9 +62,10 @@ def test_adding_a_value_keeps_existing_keys():
 
 
 def write_spec(tmp_path: Path, **top) -> Path:
-    """The repo's experiments file with top-level keys replaced (None deletes a key)."""
+    """The repo's experiments file made one-factor-at-a-time over seed 0, with top-level keys
+    replaced (None deletes a key)."""
     raw = yaml.safe_load((ROOT / "experiments.yaml").read_text())
-    for key, value in top.items():
+    for key, value in {"design": "ofat", "crossed": None, "seeds": [0], **top}.items():
         if value is None:
             raw.pop(key, None)
         else:
@@ -72,11 +75,19 @@ def write_spec(tmp_path: Path, **top) -> Path:
     return p
 
 
-def test_repo_file_still_expands_to_the_same_two_trials():
+def test_repo_file_expands_to_a_two_by_two_factorial_over_two_seeds():
     spec = load_spec(ROOT / "experiments.yaml")
-    assert spec.design == "ofat" and spec.configs == () and spec.crossed == ()
+    assert spec.design == "factorial" and spec.configs == () and spec.crossed == ()
     trials = expand(spec)
-    assert [(t.axis, t.setting) for t in trials] == [("baseline", "baseline"), ("masking", "time")]
+    cells = [
+        "masking=unstructured,target=targets-only",
+        "masking=unstructured,target=full-input",
+        "masking=time,target=targets-only",
+        "masking=time,target=full-input",
+    ]
+    assert [(t.seed, t.setting) for t in trials] == [(s, c) for s in (0, 1) for c in cells]
+    assert {t.axis for t in trials} == {"factorial"}
+    # The first cell is the baseline recipe itself.
     assert trials[0].key == trial_key(spec.baseline, 0)
 
 

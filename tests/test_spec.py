@@ -17,7 +17,9 @@ runner = CliRunner()
 
 
 def write(tmp_path: Path, mutate) -> Path:
+    """The repo's experiments file, made one-factor-at-a-time, after `mutate`."""
     spec = yaml.safe_load((ROOT / "experiments.yaml").read_text())
+    spec["design"] = "ofat"
     mutate(spec)
     p = tmp_path / "exp.yaml"
     p.write_text(yaml.safe_dump(spec))
@@ -26,9 +28,11 @@ def write(tmp_path: Path, mutate) -> Path:
 
 def test_default_file_is_valid():
     spec = load_spec(ROOT / "experiments.yaml")
-    assert spec.study == "masking-thin"
-    assert [a.name for a in spec.axes] == ["masking"]
+    assert spec.study == "masking-x-branch"
+    assert spec.design == "factorial" and spec.seeds == (0, 1)
+    assert [a.name for a in spec.axes] == ["masking", "target"]
     assert spec.axis("mask.strategy").values == ("unstructured", "time")
+    assert spec.axis("target.branch").values == ("targets-only", "full-input")
     assert spec.baseline.encoder.patch == (16, 16)
     assert spec.output == ROOT / "abl-out"
 
@@ -159,7 +163,7 @@ BAD = {
         ["crossed", "non-empty list"],
     ),
     "crossed without factorial": (
-        lambda s: s.update(crossed=["masking"]),
+        lambda s: s.update(design="ofat", crossed=["masking"]),
         ["crossed", "set design: factorial"],
     ),
 }
@@ -205,8 +209,9 @@ def test_dry_run_lists_trials_and_writes_nothing(tmp_path):
     path = write(tmp_path, lambda s: s.update(seeds=[0, 1]))
     result = runner.invoke(app, ["run", str(path), "--dry-run", "--output", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
-    assert "4 trials" in result.output
+    assert "6 trials" in result.output  # the baseline and one value of each of two axes
     assert result.output.count("masking=time") == 2
+    assert result.output.count("target=full-input") == 2
     assert not (tmp_path / "o").exists()
 
 

@@ -112,7 +112,8 @@ def test_ctrl_c_releases_the_trial_without_using_an_attempt(tmp_path, tiny_exper
     import yaml
 
     spec = yaml.safe_load(exp.read_text())
-    spec["baseline"]["train"].update(steps=150, checkpoint_every=5, eval_every=0)
+    # Long enough that the run cannot finish between seeing a trial run and the Ctrl-C.
+    spec["baseline"]["train"].update(steps=600, checkpoint_every=5, eval_every=0)
     exp.write_text(yaml.safe_dump(spec))
     w = subprocess.Popen([*ABL, "run", str(exp), "--no-report"], stdout=subprocess.DEVNULL)
     _wait_for(lambda: _running(out))

@@ -1,0 +1,50 @@
+"""The analytic FLOP count of a training step against torch's own count of the same step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from model.flops import train_step_flops
+from model.jepa import JEPA
+from model.masks import sample_masks
+from orchestrator.spec import load_spec, with_value
+from tests.test_grid import ROOT
+
+
+def counted_step_flops(recipe) -> float:
+    """FLOPs torch counts for one forward and backward of the JEPA (matmuls, convolutions and
+    attention), with the mask the recipe's sampler draws."""
+    model = JEPA(recipe)
+    fe = recipe.frontend
+    x = torch.randn(recipe.train.batch_size, 1, fe.n_mels, fe.frames)
+    masks = sample_masks(recipe.train.batch_size, model.grid, recipe.mask, seed=0)
+    # The math attention kernel, whose matrix products torch counts (the fused CPU kernel it
+    # would otherwise pick is not counted at all).
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, masks).loss.backward()
+    return float(counter.get_total_flops())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"target.branch": "full-input"},
+        {"mask.strategy": "time"},
+        {"encoder.width": 384, "encoder.heads": 6},
+        {"encoder.patch": (16, 8)},
+        {"predictor.depth": 4},
+    ],
+    ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default",
+)
+def test_analytic_count_matches_torchs_count(changes: dict) -> None:
+    recipe = load_spec(ROOT / "experiments.yaml").baseline
+    recipe = with_value(recipe, "train.batch_size", 2)
+    for path, value in changes.items():
+        recipe = with_value(recipe, path, value)
+    analytic = train_step_flops(recipe).total
+    counted = counted_step_flops(recipe)
+    assert analytic == pytest.approx(counted, rel=0.01)
