@@ -41,10 +41,6 @@ class StepFlops:
     def total(self) -> float:
         return self.context + self.predictor + self.target
 
-    def encoder_share(self) -> float:
-        """Share of the step spent in the context encoder: what a plain ViT step would do."""
-        return self.context / self.total
-
 
 def token_counts(recipe: RecipeConfig, grid: tuple[int, int]) -> tuple[float, float]:
     """Mean context and target tokens per sample over fixed mask draws (and, with a

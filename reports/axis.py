@@ -10,6 +10,7 @@ import pandas as pd
 
 from reports import figures
 from reports.data import (
+    AVERAGE_TASK,
     NO_RESULT,
     NOT_STARTED,
     AxisAnalysis,
@@ -49,12 +50,12 @@ def missing_lines(trials: pd.DataFrame, label: str = "setting") -> list[str]:
 def seed_warnings(comparisons: pd.DataFrame) -> list[str]:
     """Where the seeds are too few to tell, on the task average (or per task when there is
     no average)."""
-    avg = comparisons[comparisons["task"] == figures.AVERAGE_TASK]
+    avg = comparisons[comparisons["task"] == AVERAGE_TASK]
     rows = avg if not avg.empty else comparisons
     out = []
     for r in rows.itertuples():
         if too_few(r.verdict):
-            where = "the task average" if r.task == figures.AVERAGE_TASK else r.task
+            where = "the task average" if r.task == AVERAGE_TASK else r.task
             out.append(
                 f"{r.setting}: {r.diff:+.2f} points on {where} from {r.n} seed(s): {r.verdict}"
             )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
@@ -29,8 +29,7 @@ BASELINE_AXIS = "baseline"
 FACTORIAL_AXIS = "factorial"  # what orchestrator.grid calls a factorial design's trials
 LIST_AXIS = "config"  # and a list design's entries
 NOT_STARTED = "not started"
-# Statuses of trials that will still produce a result, or never will.
-UNFINISHED = ("running", NOT_STARTED)
+# Statuses of trials that will never produce a result.
 NO_RESULT = ("failed", "pruned")
 
 
@@ -52,7 +51,6 @@ class Results:
     curves: pd.DataFrame  # key, name, step, value
     references: pd.DataFrame  # setting, seed, task, metric, value (percent)
     stale: int = 0  # results of the study from earlier versions of the file, left out
-    notes: list[str] = field(default_factory=list)
 
 
 def load_results(engine: Engine, study: str, expected: Iterable[dict] | None = None) -> Results:
@@ -329,7 +327,6 @@ def too_few(verdict_text: str) -> bool:
 @dataclass
 class AxisAnalysis:
     view: AxisView
-    scores: pd.DataFrame  # view_scores for accuracy
     summary: pd.DataFrame
     comparisons: pd.DataFrame
 
@@ -342,11 +339,22 @@ def analyse(res: Results) -> dict[str, AxisAnalysis]:
         base = view.base_label
         out[axis] = AxisAnalysis(
             view,
-            scores,
             in_value_order(summarise(scores), base),
             in_value_order(compare(scores, base, res.tasks), base),
         )
     return out
+
+
+def trial_accuracy(res: Results) -> pd.DataFrame:
+    """Accuracy (percent) per finished trial (rows, by key) and task, in the file's task order,
+    with the task average when there are several tasks (NaN unless the trial has every task)."""
+    acc = res.scores[res.scores["metric"] == "accuracy"]
+    wide = acc.pivot_table(index="key", columns="task", values="value")
+    tasks = [t for t in res.tasks if t in wide.columns]
+    wide = wide[tasks]
+    if len(tasks) > 1:
+        wide[AVERAGE_TASK] = wide[tasks].mean(axis=1, skipna=False)
+    return wide
 
 
 def ablation_map(analyses: dict[str, AxisAnalysis]) -> pd.DataFrame:
@@ -419,12 +427,10 @@ def interactions(res: Results) -> list[tuple[str, str, pd.DataFrame, float]]:
     if res.design != "factorial" or len(res.crossed) < 2:
         return []
     fac = res.trials[res.trials["axis"] == FACTORIAL_AXIS]
-    acc = res.scores[res.scores["metric"] == "accuracy"]
-    wide = acc.pivot_table(index="key", columns="task", values="value")
-    tasks = [t for t in res.tasks if t in wide.columns]
-    if not tasks:
+    wide = trial_accuracy(res)
+    if wide.empty or wide.columns.empty:
         return []
-    avg = wide[tasks].dropna(how="any").mean(axis=1).rename("value")
+    avg = wide[wide.columns[-1]].dropna().rename("value")  # the average, or the one task
     cells = fac.set_index("key").join(avg, how="inner")
     out = []
     for a, b in combinations(res.crossed, 2):

@@ -8,7 +8,6 @@ figures are checked where it matters, in a real browser (tests/test_reports_brow
 
 from __future__ import annotations
 
-import html
 import math
 
 import numpy as np
@@ -17,6 +16,7 @@ import plotly.io as pio
 from plotly.colors import qualitative
 
 from reports.data import AVERAGE_TASK, order_values
+from reports.html import esc, num
 
 PALETTE = qualitative.Plotly + qualitative.D3
 REFERENCES = {  # name: (dash, colour, label position)
@@ -44,8 +44,9 @@ Figure = dict  # {"data": [trace, ...], "layout": {...}}
 TEMPLATE = pio.templates["plotly"].to_plotly_json()
 
 
-def esc(text: object) -> str:
-    return html.escape(str(text))
+def _p(x: object) -> str:
+    """A p-value, CI end or count for hover text; "-" when missing."""
+    return num(x, "{:.3g}") or "-"
 
 
 def figure(data: list[dict], **layout: object) -> Figure:
@@ -206,7 +207,7 @@ def difference_figure(
                     np.clip(d - c["ci_low"].to_numpy(dtype=float), 0, None),
                 ),
                 customdata=[
-                    [_num(n), _num(p), _num(q), esc(w)]
+                    [_p(n), _p(p), _p(q), esc(w)]
                     for n, p, q, w in zip(c["n"], c["p"], c["p_holm"], c["verdict"], strict=True)
                 ],
                 hovertemplate=(
@@ -251,14 +252,6 @@ def difference_figure(
         margin=dict(t=90),
     )
     return _empty(fig, "no value paired with the baseline yet") if comparisons.empty else fig
-
-
-def _num(x: object) -> str:
-    try:
-        v = float(x)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return ""
-    return "-" if math.isnan(v) else f"{v:.3g}"
 
 
 def curves_figure(
@@ -381,8 +374,8 @@ def map_figure(table: pd.DataFrame, tasks: list[str], study: str) -> Figure:
                 continue
             text[-1].append(_signif_text(float(e.diff), e.verdict))
             hover[-1].append(
-                f"{esc(r)}<br>{esc(c)}: {e.diff:+.2f} points<br>95% CI [{_num(e.ci_low)}, "
-                f"{_num(e.ci_high)}]<br>seeds {int(e.n)}, Holm p {_num(e.p_holm)}<br>"
+                f"{esc(r)}<br>{esc(c)}: {e.diff:+.2f} points<br>95% CI [{_p(e.ci_low)}, "
+                f"{_p(e.ci_high)}]<br>seeds {int(e.n)}, Holm p {_p(e.p_holm)}<br>"
                 f"{esc(e.verdict)}"
             )
     zs = z.to_numpy(dtype=float)

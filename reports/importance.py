@@ -21,7 +21,7 @@ import pandas as pd
 from optuna.distributions import CategoricalDistribution
 from optuna.importance import FanovaImportanceEvaluator
 
-from reports.data import AVERAGE_TASK, LIST_AXIS, Results
+from reports.data import AVERAGE_TASK, LIST_AXIS, Results, trial_accuracy
 
 # Depth 8: the forests over a study's few hundred configurations give the same importances
 # as at Optuna's default depth of 64, an order of magnitude faster (bench/report_render.py).
@@ -37,14 +37,9 @@ def config_scores(res: Results) -> tuple[pd.DataFrame, list[str]]:
     accuracy per task and over tasks (seeds with every task only)."""
     t = res.trials[res.trials["status"] == "done"]
     axes = [a for a in res.axes if a != LIST_AXIS]
-    acc = res.scores[res.scores["metric"] == "accuracy"]
-    wide = acc.pivot_table(index="key", columns="task", values="value")
-    tasks = [x for x in res.tasks if x in wide.columns]
-    if t.empty or not tasks:
+    wide = trial_accuracy(res)
+    if t.empty or wide.columns.empty:
         return pd.DataFrame(), []
-    wide = wide[tasks]
-    if len(tasks) > 1:
-        wide[AVERAGE_TASK] = wide[tasks].mean(axis=1, skipna=False)
     settings = pd.DataFrame([{a: str(s.get(a)) for a in axes} for s in t["settings"]])
     settings.index = t["key"].to_numpy()
     varying = [a for a in axes if settings[a].nunique() > 1]
