@@ -4,7 +4,7 @@ Trains the baseline recipe of an experiments file at several step budgets and se
 context (online) and target (EMA) encoders on every probe task, and prints each margin over the
 random-init encoder of the same seed. Settings are overridden with `--set section.key=value`.
 
-    .venv/bin/python bench/learning.py --steps 300 1000 --seeds 0 1 --set train.lr=0.002
+    .venv/bin/python -m bench.learning --steps 300 1000 --seeds 0 1 --set train.lr=0.002
 """
 
 from __future__ import annotations

@@ -5,18 +5,18 @@ one full scoring of its probe tasks with the same encoder (embedding every train
 clip and fitting the classifiers), and prints probe time as a share of pretraining time. The
 issue's target is at most 0.15. Both are measured in this one run, on this machine.
 
-    .venv/bin/python bench/probe_cost.py --steps 100
+    .venv/bin/python -m bench.probe_cost --steps 100
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from pathlib import Path
 
 import torch
 
+from bench.common import Figure, default_out, keep
 from model.datasets import prepare_task, resolve_data_root
 from model.features import CropSampler
 from model.train import train, use_bf16
@@ -30,7 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--experiments", default=str(ROOT / "experiments.yaml"))
     ap.add_argument("--steps", type=int, default=100, help="training steps to time")
-    ap.add_argument("--out", help="append a JSON record to this file")
+    ap.add_argument("--out", default=str(default_out("probe_cost")), help="'' to keep nothing")
     args = ap.parse_args()
     recipe = load_spec(args.experiments).baseline
     root = resolve_data_root(recipe.data.cache)
@@ -63,9 +63,8 @@ def main() -> None:
         f"(embedding {scores.embed_s:.1f} s, fitting {rec['fit_s']} s) = "
         f"{rec['probe_share']:.3f} of pretraining (target <= 0.15)"
     )
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+    figures = [Figure("probe time over pretraining time", rec["probe_share"], 0.15, "", True)]
+    keep("probe_cost", figures, rec, Path(args.out) if args.out else None)
 
 
 if __name__ == "__main__":

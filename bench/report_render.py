@@ -7,24 +7,20 @@ axis page and the overview, from the query to the last file written. Two shapes 
 - factorial: 5 x 5 x 4 cells x 5 seeds (three interaction maps, importance over 100 configs);
 - ofat: 11 axes of 10 values around a baseline, x 5 seeds (100 configurations, 11 pages).
 
-    .venv/bin/python bench/report_render.py [--out bench/results/report_render.jsonl]
+    .venv/bin/python -m bench.report_render
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.synthetic import Synthetic, generate  # noqa: E402
-from db.engine import make_engine  # noqa: E402
-from reports.study import render_reports  # noqa: E402
+from bench.common import Figure, default_out, keep
+from bench.synthetic import Synthetic, generate
+from db.engine import make_engine
+from reports.study import render_reports
 
 TARGET_S = 10.0
 
@@ -52,7 +48,7 @@ def studies() -> dict[str, Synthetic]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, help="append the figures as one JSON line here")
+    ap.add_argument("--out", default=str(default_out("report_render")), help="'' to keep nothing")
     args = ap.parse_args()
     rec: dict[str, object] = {"target_s": TARGET_S}
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,9 +76,11 @@ def main() -> None:
                 f"({size:.0f} MB) in {render:.2f} s = {render / TARGET_S:.2f} of the "
                 f"{TARGET_S:.0f} s target"
             )
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+    figures = [
+        Figure(f"render {name}, 500 trials", rec[name]["render_s"], TARGET_S, "s", True)
+        for name in ("factorial", "ofat")
+    ]
+    keep("report_render", figures, rec, Path(args.out) if args.out else None)
 
 
 if __name__ == "__main__":

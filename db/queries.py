@@ -43,6 +43,7 @@ def start_trial(
     config: dict,
     worker: str,
     optuna_trial: int | None = None,
+    mlflow_run_id: str | None = None,
 ) -> int:
     """Insert or reset the trial row for a new attempt; returns its id."""
     with session_scope(engine) as s:
@@ -55,10 +56,29 @@ def start_trial(
         t.config_json = json.dumps(config, sort_keys=True)
         t.status, t.error, t.worker = "running", None, worker
         t.optuna_trial, t.started, t.finished, t.wall_s = optuna_trial, now(), None, None
+        t.mlflow_run_id = mlflow_run_id
         t.metrics.clear()
         t.curves.clear()
         s.flush()
         return t.id
+
+
+def fail_lost(engine: Engine, study_id: int, optuna_trials: list[int], reason: str) -> list[str]:
+    """Fail the running rows of attempts whose worker was lost (by their Optuna trial number,
+    so a new attempt of the same key is never touched); returns their MLflow run ids."""
+    if not optuna_trials:
+        return []
+    with session_scope(engine) as s:
+        rows = s.scalars(
+            select(Trial).where(
+                Trial.study_id == study_id,
+                Trial.optuna_trial.in_(optuna_trials),
+                Trial.status == "running",
+            )
+        ).all()
+        for t in rows:
+            t.status, t.error, t.finished = "failed", reason, now()
+        return [t.mlflow_run_id for t in rows if t.mlflow_run_id]
 
 
 def finish_trial(

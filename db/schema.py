@@ -49,8 +49,14 @@ class Trial(Base):
     finished: Mapped[datetime | None]
     wall_s: Mapped[float | None]
     study: Mapped[Study] = relationship(back_populates="trials")
-    metrics: Mapped[list[Metric]] = relationship(back_populates="trial", cascade="all")
-    curves: Mapped[list[CurvePoint]] = relationship(back_populates="trial", cascade="all")
+    # delete-orphan: clearing a list (a new attempt of the trial) deletes its rows; plain
+    # "all" would set their trial_id to NULL, which the schema refuses.
+    metrics: Mapped[list[Metric]] = relationship(
+        back_populates="trial", cascade="all, delete-orphan"
+    )
+    curves: Mapped[list[CurvePoint]] = relationship(
+        back_populates="trial", cascade="all, delete-orphan"
+    )
 
 
 class Metric(Base):

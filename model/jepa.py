@@ -119,5 +119,6 @@ class JEPA(nn.Module):
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        for t, o in zip(self.target_encoder.parameters(), self.encoder.parameters(), strict=True):
-            t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+        # t <- m t + (1 - m) o, over every parameter in one fused call
+        target, online = list(self.target_encoder.parameters()), list(self.encoder.parameters())
+        torch._foreach_lerp_(target, online, 1.0 - momentum)

@@ -38,8 +38,14 @@ class Masks:
     context: torch.Tensor  # (B, Nc) long, sorted token indices the context encoder sees
     target: torch.Tensor  # (B, Nt) long, sorted token indices the predictor must predict
 
-    def to(self, device: torch.device | str) -> Masks:
-        return Masks(self.context.to(device), self.target.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Masks:
+        return Masks(
+            self.context.to(device, non_blocking=non_blocking),
+            self.target.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> Masks:
+        return Masks(self.context.pin_memory(), self.target.pin_memory())
 
 
 Grid = tuple[int, int]

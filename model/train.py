@@ -15,6 +15,8 @@ import dataclasses
 import json
 import math
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +27,8 @@ import torch
 
 from model.config import RecipeConfig
 from model.features import CropSampler
-from model.jepa import JEPA
-from model.masks import sample_masks
+from model.jepa import JEPA, StepOutput
+from model.masks import Masks, sample_masks
 from model.schedules import lr_at, momentum_at
 
 OnLog = Callable[[dict[str, float]], None]
@@ -68,11 +70,82 @@ class TrainResult:
     failed: str | None = None  # reason, when the loss went non-finite or diverged
     stopped: str | None = None  # reason, when the evaluation hook ended training early
     resumed_from: int = 0  # the step a checkpoint resumed at (0: from scratch)
+    data_wait_s: float = 0.0  # time the training loop spent waiting for a batch
+
+
+class Batches:
+    """Crops and masks for steps `start`.., made ahead in a background thread.
+
+    The crops (numpy) and the mask draws (Python) run while the step's matrix products run,
+    so the loop waits only when the producer falls behind; `wait_s` counts that time. Items
+    come in step order from one producer, so a run draws exactly the batches and masks it
+    would draw without the thread; each carries the sampler's RNG state after its crops, which
+    a checkpoint saves for the last batch consumed (not the ones made ahead).
+    """
+
+    def __init__(
+        self,
+        sampler: CropSampler,
+        recipe: RecipeConfig,
+        grid: tuple[int, int],
+        seed: int,
+        start: int,
+        pin: bool = False,
+        ahead: int = 2,
+    ):
+        self.wait_s = 0.0
+        self.rng_state = json.dumps(sampler.rng.bit_generator.state)
+        self._q: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        tc = recipe.train
+
+        def produce() -> None:
+            try:
+                for step in range(start, tc.steps):
+                    x = sampler.batch(tc.batch_size)
+                    state = json.dumps(sampler.rng.bit_generator.state)
+                    m = sample_masks(
+                        tc.batch_size, grid, recipe.mask, seed * 1_000_003 + step, step / tc.steps
+                    )
+                    if pin:
+                        x, m = x.pin_memory(), m.pin_memory()
+                    if not self._put((x, m, state)):
+                        return
+            except BaseException as e:  # handed to the loop, which raises it
+                self._put(e)
+
+        self._thread = threading.Thread(target=produce, name="abl-batches", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> tuple[torch.Tensor, Masks]:
+        t = time.perf_counter()
+        item = self._q.get()
+        self.wait_s += time.perf_counter() - t
+        if isinstance(item, BaseException):
+            raise item
+        x, m, self.rng_state = item
+        return x, m
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def effective_rank(x: torch.Tensor) -> float:
     """exp(entropy) of the normalised singular values: ~1 when features collapse."""
-    s = torch.linalg.svdvals(x.float() - x.float().mean(0))
+    x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        return math.nan  # the loss check fails the run at this step
+    s = torch.linalg.svdvals(x - x.mean(0))
     p = s / s.sum().clamp_min(1e-12)
     return float(torch.exp(-(p * p.clamp_min(1e-12).log()).sum()))
 
@@ -90,15 +163,21 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def save_checkpoint(
-    path: Path, model: JEPA, opt: torch.optim.Optimizer, sampler: CropSampler, result: TrainResult
+    path: Path,
+    model: JEPA,
+    opt: torch.optim.Optimizer,
+    sampler: CropSampler,
+    result: TrainResult,
+    rng_state: str,
 ) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint in place."""
+    """Write atomically: a crash mid-write leaves the previous checkpoint in place.
+    `rng_state` is the sampler's state after the last batch trained on."""
     state = {
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "step": result.steps,
         "history": result.history,
-        "sampler_rng": json.dumps(sampler.rng.bit_generator.state),
+        "sampler_rng": rng_state,
         "wall_s": result.wall_s,
         "config": json.dumps(dataclasses.asdict(model.recipe)),  # what built these weights
         "normalizer": [sampler.norm.mean, sampler.norm.std],  # what the inputs were scaled by
@@ -121,6 +200,26 @@ def load_checkpoint(
     result.wall_s = float(state["wall_s"])
 
 
+def train_step(
+    model: JEPA,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    masks: Masks,
+    momentum: float,
+    bf16: bool,
+) -> tuple[StepOutput, torch.Tensor]:
+    """One optimiser step and EMA update; returns the step's output and a device tensor of
+    (loss, gradient norm), read back by the caller when it chooses (no host sync here)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x, masks)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+    opt.step()
+    model.update_target(momentum)
+    return out, torch.stack([out.loss.detach().float(), grad_norm.float()])
+
+
 def train(
     recipe: RecipeConfig,
     sampler: CropSampler,
@@ -132,74 +231,100 @@ def train(
 ) -> tuple[JEPA, TrainResult]:
     """Pretrain a JEPA on crops from `sampler`.
 
-    `on_log` receives every step's record as it is made. With `checkpoint`, training resumes
-    from that file when it exists and writes it every `train.checkpoint_every` steps and at the
-    end.
+    `on_log` receives every step's record, in order (in bursts: the loss and gradient norm are
+    read back from the device every `train.log_every` steps, not at every step, so a GPU step
+    never waits on the host). With `checkpoint`, training resumes from that file when it exists
+    and writes it every `train.checkpoint_every` steps and at the end.
     """
     tc = recipe.train
     dev = pick_device(device)
     torch.manual_seed(seed)
     model = JEPA(recipe).to(dev)
-    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.95))
+    cuda = dev.type == "cuda"
+    opt = torch.optim.AdamW(
+        param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.95), fused=cuda or None
+    )
     bf16 = use_bf16(tc.bf16, dev)
     result = TrainResult()
     if checkpoint is not None and checkpoint.exists():
         load_checkpoint(checkpoint, model, opt, sampler, result)
     first_loss = result.history[0]["loss"] if result.history else None
+    pending: list[tuple[dict[str, float], torch.Tensor]] = []  # records awaiting their values
+
+    def read_back() -> bool:
+        """Fill the pending records' loss and gradient norm (one device read), check them and
+        hand them on; False when training went non-finite or diverged."""
+        nonlocal first_loss
+        if not pending:
+            return True
+        values = torch.stack([v for _, v in pending]).tolist()
+        for (rec, _), (value, grad_norm) in zip(pending, values, strict=True):
+            if first_loss is None:
+                first_loss = value
+            step, lr = int(rec["step"]), rec["lr"]
+            if not math.isfinite(value) or not math.isfinite(grad_norm):
+                result.failed = f"loss became non-finite at step {step} (lr {lr:.3g})"
+            elif value > 1e3 * max(first_loss, 1e-3):
+                result.failed = (
+                    f"loss diverged at step {step}: {value:.3g} (first {first_loss:.3g})"
+                )
+            if result.failed:
+                result.steps = step  # the steps before it are the ones that count
+                pending.clear()
+                return False
+            rec["loss"], rec["grad_norm"] = value, grad_norm
+            result.history.append(rec)
+            if on_log is not None:
+                on_log(rec)
+        pending.clear()
+        return True
+
     t0 = time.perf_counter() - result.wall_s
     samples_before = result.steps * tc.batch_size
     t_start = time.perf_counter()
     model.train()
-    for step in range(result.steps, tc.steps):
-        lr = lr_at(step, tc.steps, tc.lr, tc.warmup_steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x = sampler.batch(tc.batch_size).to(dev, non_blocking=True)
-        masks = sample_masks(
-            tc.batch_size, model.grid, recipe.mask, seed * 1_000_003 + step, step / tc.steps
-        ).to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(x, masks)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
-        value = float(out.loss.detach())
-        if first_loss is None:
-            first_loss = value
-        if not math.isfinite(value) or not math.isfinite(grad_norm):
-            result.failed = f"loss became non-finite at step {step} (lr {lr:.3g})"
-            break
-        if value > 1e3 * max(first_loss, 1e-3):
-            result.failed = f"loss diverged at step {step}: {value:.3g} (first {first_loss:.3g})"
-            break
-        opt.step()
-        m = momentum_at(step, tc.steps, tc.ema_start, tc.ema_end)
-        model.update_target(m)
-        result.steps = step + 1
-        rec = {"step": step, "loss": value, "lr": lr, "momentum": m, "grad_norm": grad_norm}
-        if step % tc.log_every == 0 or step == tc.steps - 1:
-            pooled = out.targets.detach().float().mean(1)  # (B, D)
-            rec["target_std"] = float(pooled.std(0).mean())
-            rec["target_rank"] = effective_rank(pooled)
-            rec["context_rank"] = effective_rank(out.context.detach().float().mean(1))
-        result.history.append(rec)
-        if on_log is not None:
-            on_log(rec)
-        result.wall_s = time.perf_counter() - t0
-        every = tc.checkpoint_every
-        if checkpoint is not None and every and result.steps % every == 0:
-            save_checkpoint(checkpoint, model, opt, sampler, result)
-        if on_eval is not None and tc.eval_every and result.steps % tc.eval_every == 0:
-            model.eval()
-            stop = on_eval(result.steps, model)
-            model.train()
-            if stop:
-                result.stopped = f"stopped by the evaluation hook at step {result.steps}"
+    batches = Batches(sampler, recipe, model.grid, seed, result.steps, pin=cuda)
+    try:
+        for step in range(result.steps, tc.steps):
+            lr = lr_at(step, tc.steps, tc.lr, tc.warmup_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, masks = batches.next()
+            x, masks = x.to(dev, non_blocking=True), masks.to(dev, non_blocking=True)
+            m = momentum_at(step, tc.steps, tc.ema_start, tc.ema_end)
+            out, values = train_step(model, opt, x, masks, m, bf16)
+            rec = {"step": step, "lr": lr, "momentum": m}
+            pending.append((rec, values))
+            last = step == tc.steps - 1
+            logged = step % tc.log_every == 0 or last
+            if logged:
+                pooled = out.targets.detach().float().mean(1)  # (B, D)
+                rec["target_std"] = float(pooled.std(0).mean())
+                rec["target_rank"] = effective_rank(pooled)
+                rec["context_rank"] = effective_rank(out.context.detach().float().mean(1))
+            every = tc.checkpoint_every
+            saving = checkpoint is not None and every and (step + 1) % every == 0
+            evaluating = on_eval is not None and tc.eval_every and (step + 1) % tc.eval_every == 0
+            if (logged or saving or evaluating) and not read_back():
                 break
+            result.steps = step + 1
+            result.wall_s = time.perf_counter() - t0
+            if saving:
+                save_checkpoint(checkpoint, model, opt, sampler, result, batches.rng_state)
+            if evaluating:
+                model.eval()
+                stop = on_eval(result.steps, model)
+                model.train()
+                if stop:
+                    result.stopped = f"stopped by the evaluation hook at step {result.steps}"
+                    break
+    finally:
+        batches.close()
+    result.data_wait_s = batches.wait_s
     result.wall_s = time.perf_counter() - t0
     ran = result.steps * tc.batch_size - samples_before
     result.samples_per_s = ran / max(time.perf_counter() - t_start, 1e-9)
     if checkpoint is not None and result.failed is None:
-        save_checkpoint(checkpoint, model, opt, sampler, result)
+        save_checkpoint(checkpoint, model, opt, sampler, result, batches.rng_state)
     model.eval()
     return model, result

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from model.errors import AblError
+from model.errors import AblError, no_room
 
 app = typer.Typer(
     help="abl: controlled ablation studies of JEPA audio encoders.\n\n"
@@ -46,6 +46,16 @@ def user_errors() -> Iterator[None]:
     except AblError as e:
         typer.echo(f"abl: error: {e}", err=True)
         raise typer.Exit(2) from None
+    except Exception as e:
+        reason = no_room(e)
+        if reason is None:
+            raise
+        typer.echo(
+            f"abl: error: {reason}; free some space (or choose another output folder with "
+            "--output) and run again: finished trials are kept, the rest resume",
+            err=True,
+        )
+        raise typer.Exit(2) from None
 
 
 def _say(msg: str) -> None:
@@ -60,29 +70,44 @@ def run(
         bool, typer.Option("--dry-run", help="Print the trials; run nothing.")
     ] = False,
     report: Annotated[bool, typer.Option(help="Render the reports when the study ends.")] = True,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Run a study of more than 256 trials without asking.")
+    ] = False,
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", help="Local worker processes (cores split evenly).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="Local worker processes, the cores split evenly between them. Default: one "
+            "single-thread worker per core (one on a GPU).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run every trial of a study that has not finished yet, then render its reports."""
     from orchestrator.grid import expand
-    from orchestrator.spec import load_spec
+    from orchestrator.spec import check_size, load_spec
 
     with user_errors():
         spec = load_spec(experiments, output)
         trials = expand(spec)
+        if not dry_run:
+            check_size(spec, len(trials), yes)
         if dry_run:
             for t in trials:
                 _say(f"{t.key}  seed={t.seed}  {t.axis}={t.setting}")
             _say(f"{len(trials)} trials in study {spec.study}")
             return
-        from orchestrator.runner import run_study
+        from orchestrator.runner import default_jobs, run_study, stop_on_sigterm
 
+        if jobs is None:
+            jobs = default_jobs()
         if jobs < 1:
             raise AblError(f"--jobs {jobs}: use 1 or more worker processes")
+        stop_on_sigterm()
         try:
             summary = run_study(spec, _say, jobs)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):
             _say("stopped: the running trial was released; `abl run` again resumes it")
             raise typer.Exit(130) from None
         _say(
@@ -116,7 +141,7 @@ def worker(
     import dataclasses
 
     from orchestrator.grid import expand
-    from orchestrator.runner import open_study, work
+    from orchestrator.runner import open_study, reap_lost, stop_on_sigterm, work
     from orchestrator.spec import load_spec
 
     with user_errors():
@@ -129,11 +154,12 @@ def worker(
             spec = dataclasses.replace(spec, study=study)
         st = open_study(spec)
         trials = expand(spec)
-        st.ledger.reap()
+        reap_lost(st)
         st.ledger.sync(trials, spec.max_attempts)
+        stop_on_sigterm()
         try:
             ran, failed = work(st, trials, _say)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):
             _say("stopped: the running trial was released; another worker resumes it")
             raise typer.Exit(130) from None
         _say(f"worker done: ran {ran}, failed {failed}")
@@ -223,6 +249,13 @@ def status(experiments: Experiments = Path("experiments.yaml"), output: Output =
             f"running, {counts['failed']} failed, {pending} pending{eta}"
             + (f" ({pruned} pruned)" if pruned else "")
         )
+        from model.datasets import resolve_data_root
+        from orchestrator.runner import DataBank, data_summary, skipped_line
+
+        bank = DataBank(resolve_data_root(spec.baseline.data.cache), spec.baseline.data.tasks)
+        data = data_summary(spec, bank)
+        clips = sum(d["clips"] for d in data.values())
+        _say(f"data: {clips} clips in {len(data)} tasks; " + (skipped_line(data) or "none skipped"))
 
 
 @app.command()

@@ -13,10 +13,12 @@ import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 
 import optuna
 from optuna.exceptions import StorageInternalError
 from optuna.trial import TrialState
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.engine import mask_url
@@ -38,6 +40,7 @@ class Claim:
 # by the next worker that looks, so the ledger enqueues it again.
 HEARTBEAT_S = int(os.environ.get("ABL_HEARTBEAT_S", "15"))
 GRACE_S = int(os.environ.get("ABL_GRACE_S", "60"))
+LOST = f"worker lost: no heartbeat for {GRACE_S} s"  # the reason a reaped attempt failed
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -77,22 +80,22 @@ class Ledger:
                 by_key[t.user_attrs["key"]].append(t.state)
         return by_key
 
-    def reap(self) -> list[str]:
-        """Fail the RUNNING trials whose worker stopped beating; returns their keys."""
+    def reap(self) -> list[tuple[str, int]]:
+        """Fail the RUNNING trials whose worker stopped beating; returns their (key, trial
+        number) pairs, those this call failed (another worker may reap some first)."""
         sid = self.study._study_id
         stale = self.storage._get_stale_trial_ids(sid)
-        keys = []
+        lost = []
         for tid in stale:
             try:
                 # The reason first: a finished trial takes no more attributes.
-                self.storage.set_trial_user_attr(
-                    tid, "error", f"worker lost: no heartbeat for {GRACE_S} s"
-                )
+                self.storage.set_trial_user_attr(tid, "error", LOST)
                 if self.storage.set_trial_state_values(tid, TrialState.FAIL):
-                    keys.append(self.storage.get_trial(tid).user_attrs.get("key", "?"))
+                    t = self.storage.get_trial(tid)
+                    lost.append((t.user_attrs.get("key", "?"), t.number))
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # another worker reaped it first
-        return keys
+        return lost
 
     def heartbeat(self, claim: Claim):
         """A context manager beating for the claimed trial in a background thread."""
@@ -133,7 +136,7 @@ class Ledger:
             key = t.user_attrs.get("key")
             if key is None or (wanted is not None and key not in wanted):
                 continue
-            if self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+            if self._start(t._trial_id):
                 claim = Claim(t._trial_id, t.number, key)
                 if self._taken(claim):
                     # Two workers synced at once and enqueued the key twice: this copy goes.
@@ -141,6 +144,23 @@ class Ledger:
                     continue
                 return claim
         return None
+
+    def _start(self, trial_id: int) -> bool:
+        """WAITING -> RUNNING, True for exactly one of the workers that try it at once.
+        Optuna's own check reads the state with SELECT ... FOR UPDATE, which locks the row on
+        PostgreSQL but not on SQLite: there two workers could both read WAITING and both run
+        the trial. On SQLite the change is one compare-and-set UPDATE instead."""
+        if self.storage.engine.dialect.name != "sqlite":
+            return self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+        with self.storage.engine.begin() as conn:
+            changed = conn.execute(
+                text(
+                    "UPDATE trials SET state = 'RUNNING', datetime_start = :now "
+                    "WHERE trial_id = :id AND state = 'WAITING'"
+                ),
+                {"now": str(datetime.now()), "id": trial_id},
+            ).rowcount
+        return changed == 1
 
     def _taken(self, claim: Claim) -> bool:
         """Whether another trial of the claim's key is complete, or running and older (of two

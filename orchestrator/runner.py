@@ -3,10 +3,12 @@ left. Each trial pretrains, probes and records its results in MLflow and the res
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -17,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from sqlalchemy import Engine
+from threadpoolctl import threadpool_limits
 
 from db import queries
-from db.engine import init_db, make_engine
+from db.engine import init_db, make_engine, mask_url
 from model.config import FrontendConfig, RecipeConfig, TaskDef
 from model.datasets import PreparedTask, load_task, resolve_data_root
 from model.embed import clip_embeddings
-from model.errors import AblError
+from model.errors import AblError, no_room
 from model.features import CropSampler, FeatureSet, Normalizer, corpus_normalizer, load_features
 from model.flops import train_step_flops
 from model.probe import embed_clips, knn_accuracy, linear_probe, logmel_stats
@@ -37,7 +40,7 @@ from orchestrator.grid import (
     semantic_config,
     trial_key,
 )
-from orchestrator.ledger import Claim, Ledger
+from orchestrator.ledger import LOST, Claim, Ledger
 from orchestrator.spec import StudySpec
 from orchestrator.tracking import Tracker, flatten
 
@@ -160,8 +163,76 @@ class Study:
         return self.spec.output / "checkpoints"
 
 
+MIN_FREE_MB = 200  # room a study needs to start (ABL_MIN_FREE_MB overrides)
+
+
+def study_tasks(spec: StudySpec) -> list[str]:
+    """Every task a trial of the study reads (pretraining corpus and probes), sorted."""
+    names: set[str] = set()
+    for t in expand(spec):
+        names.update(t.recipe.data.corpus, t.recipe.probe.tasks)
+    return sorted(names)
+
+
+def data_summary(spec: StudySpec, bank: DataBank) -> dict[str, dict]:
+    """Per task of the study: its clips, and the clips preparation skipped, by reason
+    (unreadable: corrupt, empty or truncated files; silent). A task not prepared yet is
+    left out: its first trial stops with the fix."""
+    out = {}
+    for name in study_tasks(spec):
+        try:
+            task = bank.task(name)
+        except AblError:
+            continue
+        skipped = {k: int(v) for k, v in (task.meta.get("skipped") or {}).items() if v}
+        out[name] = {"clips": len(task.clips), "skipped": skipped}
+    return out
+
+
+def skipped_line(summary: dict[str, dict]) -> str | None:
+    """'3 clips skipped in 1 task: mine 2 unreadable, 1 silent', or None when none was."""
+    parts = []
+    total = 0
+    for name, d in sorted(summary.items()):
+        if d["skipped"]:
+            total += sum(d["skipped"].values())
+            parts.append(
+                name + " " + ", ".join(f"{n} {why}" for why, n in sorted(d["skipped"].items()))
+            )
+    if not total:
+        return None
+    return (
+        f"{total} clip{'s' * (total != 1)} skipped in {len(parts)} "
+        f"task{'s' * (len(parts) != 1)} when prepared: " + "; ".join(parts)
+    )
+
+
+def _reach(url: str, key: str) -> None:
+    """Connect once to a database server named in the experiments file; a one-line AblError
+    (password masked) when it cannot be reached. SQLite files and MLflow servers are left to
+    the code that opens them."""
+    if not url.startswith(("postgresql", "mysql")):
+        return
+    engine = make_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:  # the driver's own errors differ; the cause is the same
+        raise AblError(
+            f"{key} {mask_url(url)} cannot be reached ({type(e).__name__}); check `{key}` in "
+            "the experiments file and that the server is up"
+        ) from None
+    finally:
+        engine.dispose()
+
+
 def open_study(spec: StudySpec) -> Study:
-    """Create (once) or reopen the study's output folder, databases and MLflow experiment."""
+    """Create (once) or reopen the study's output folder, databases and MLflow experiment.
+    Database servers are reached first: one that cannot be leaves nothing behind."""
+    _reach(spec.optuna_url, "storage.optuna")
+    _reach(spec.results_url, "storage.results")
+    _reach(spec.mlflow_uri, "storage.mlflow")
+    created = not spec.output.exists()
     try:
         spec.output.mkdir(parents=True, exist_ok=True)
         probe = spec.output / f".write-test-{os.getpid()}"
@@ -172,10 +243,20 @@ def open_study(spec: StudySpec) -> Study:
             f"{spec.source}: output folder {spec.output} is not writable ({e.strerror}); "
             "choose another with `output:` or --output"
         ) from None
-    # The remote stores first: an unreachable one stops the run before anything is written.
+    need_mb = float(os.environ.get("ABL_MIN_FREE_MB", MIN_FREE_MB))
+    free_mb = shutil.disk_usage(spec.output).free / 2**20
+    if free_mb < need_mb:
+        if created:
+            spec.output.rmdir()  # leave nothing behind
+        raise AblError(
+            f"{spec.source}: output folder {spec.output} has {free_mb:.0f} MB free, less than "
+            f"the {need_mb:.0f} MB a study needs (databases, checkpoints, reports); free some "
+            "space or choose another folder with `output:` or --output"
+        )
     ledger = Ledger(spec.optuna_url, spec.study)
     engine = make_engine(spec.results_url)
     init_db(engine)
+    bank = DataBank(resolve_data_root(spec.baseline.data.cache), spec.baseline.data.tasks)
     spec_json = json.dumps(
         {
             "study": spec.study,
@@ -186,6 +267,7 @@ def open_study(spec: StudySpec) -> Study:
             "crossed": list(spec.crossed),
             "baseline": dataclasses.asdict(spec.baseline),
             "baseline_settings": baseline_settings(spec),  # each axis' baseline value, as text
+            "data": data_summary(spec, bank),  # clips per task, and those preparation skipped
         },
         sort_keys=True,
         default=str,
@@ -199,7 +281,6 @@ def open_study(spec: StudySpec) -> Study:
         # Once per version of the study, not once per worker that opens it.
         resolved.write_text(spec_json)
         tracker.log_artifact(parent, resolved)  # the validated study, storage URLs left out
-    bank = DataBank(resolve_data_root(spec.baseline.data.cache), spec.baseline.data.tasks)
     return Study(spec, engine, ledger, tracker, study_id, parent, bank)
 
 
@@ -228,6 +309,7 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         config,
         st.worker,
         claim.number if claim else None,
+        run_id,
     )
     if claim is not None:
         st.ledger.record_params(claim, trial.settings, axis_choices(st.spec))
@@ -289,10 +371,26 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         _fail(st, trial, claim, run_id, row, reason, time.perf_counter() - t0, log, True)
         raise
     except BaseException as e:
-        # An internal error: close the attempt as failed (a later run retries it), then let
-        # the error through with its traceback.
-        reason = f"internal error {type(e).__name__}: {e}"[:500]
-        _fail(st, trial, claim, run_id, row, reason, time.perf_counter() - t0, log)
+        # A full disk is not the trial's fault: release it (the next run resumes it). Else an
+        # internal error: close the attempt as failed (a later run retries it). Either way the
+        # error goes on, with its traceback (the CLI makes a full disk one line).
+        room = no_room(e)
+        reason = f"released: {room}" if room else f"internal error {type(e).__name__}: {e}"
+        try:
+            _fail(
+                st,
+                trial,
+                claim,
+                run_id,
+                row,
+                reason[:500],
+                time.perf_counter() - t0,
+                log,
+                bool(room),
+            )
+        except Exception:
+            if not room:  # recording a full disk's release may itself find no room
+                raise
         raise
     wall = time.perf_counter() - t0
     metrics = dict(scores.metrics)
@@ -303,11 +401,14 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
             ("train", "gflops_per_s"): flops * result.samples_per_s / recipe.train.batch_size / 1e9,
             ("train", "final_loss"): result.history[-1]["loss"],
             ("train", "samples_per_s"): result.samples_per_s,
-            ("train", "train_s"): result.wall_s,
+            # Training time net of waiting for batches; data: opening the feature cache plus
+            # that wait (the pipeline's whole cost to the trial).
+            ("train", "train_s"): result.wall_s - result.data_wait_s,
             ("train", "probe_s"): scores.seconds,
             ("train", "embed_s"): scores.embed_s,
             ("train", "probe_share"): scores.seconds / max(result.wall_s, 1e-9),
-            ("train", "data_s"): data_s,
+            ("train", "data_s"): data_s + result.data_wait_s,
+            ("train", "data_wait_share"): result.data_wait_s / max(result.wall_s, 1e-9),
         }
     )
     st.tracker.log_metrics(
@@ -329,9 +430,12 @@ def interactive() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+SHOW_PROGRESS = True  # off in local worker processes sharing one terminal
+
+
 def progress_bar(steps: int, batch: int):
     """A one-line training progress bar on stderr (None when not interactive)."""
-    if not interactive():
+    if not SHOW_PROGRESS or not interactive():
         return None
     t0 = time.perf_counter()
     every = max(1, steps // 100)
@@ -442,8 +546,10 @@ def _fail(
     return False
 
 
-def run_references(st: Study, log: Log) -> None:
-    """Random-init encoder and log-mel statistics, once per study (per seed of the baseline)."""
+def run_references(st: Study, log: Log, share: tuple[int, int] = (0, 1)) -> None:
+    """Random-init encoder and log-mel statistics, once per study (per seed of the baseline).
+    `share` (i, n): the i-th of n workers runs every n-th seed's references, so local workers
+    split them (no two share a seed, so none runs twice)."""
     recipe = st.spec.baseline
     norm = st.bank.normalizer(recipe)
     done = set(
@@ -451,7 +557,8 @@ def run_references(st: Study, log: Log) -> None:
             "axis == 'reference' and status == 'done'"
         )["key"]
     )
-    for seed in st.spec.seeds:
+    part, parts = share
+    for seed in st.spec.seeds[part::parts]:
         for name in ("random-init", "logmel-stats"):
             key = "ref-" + trial_key(recipe, seed)[:12] + "-" + name
             if key in done:
@@ -502,6 +609,16 @@ class RunSummary:
     seconds: float
 
 
+def reap_lost(st: Study) -> list[str]:
+    """Fail the attempts of workers that stopped beating (killed, machine gone) everywhere
+    they are recorded: the Optuna ledger, the results row and the MLflow run. Returns their
+    keys (the ledger enqueues them again on the next sync)."""
+    lost = st.ledger.reap()
+    for run_id in queries.fail_lost(st.engine, st.study_id, [n for _, n in lost], LOST):
+        st.tracker.fail_run(run_id, LOST)
+    return [k for k, _ in lost]
+
+
 def work(st: Study, trials: list[TrialSpec], log: Log, name: str = "") -> tuple[int, int]:
     """Claim and run trials of `trials` until none is waiting; returns (finished, failed).
 
@@ -511,7 +628,7 @@ def work(st: Study, trials: list[TrialSpec], log: Log, name: str = "") -> tuple[
     ran = failed = 0
     t_start = time.perf_counter()
     while True:
-        lost = [by_key[k] for k in st.ledger.reap() if k in by_key]
+        lost = [by_key[k] for k in reap_lost(st) if k in by_key]
         for t in lost:
             log(f"{name}  worker lost on {t.label}: failed; enqueued again if attempts remain")
         st.ledger.sync(lost, st.spec.max_attempts)
@@ -534,16 +651,64 @@ def work(st: Study, trials: list[TrialSpec], log: Log, name: str = "") -> tuple[
         failed += not ok
 
 
-def _worker_process(spec: StudySpec, threads: int, index: int, queue) -> None:  # noqa: ANN001
-    """Entry point of a local worker process (spawned: no state shared with the parent)."""
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (`kill`, a scheduler's stop, the parent's death) into SystemExit, so the
+    running trial is released like on Ctrl-C: the attempt does not count and the next run
+    resumes it from its checkpoint. SIGKILL cannot be caught; its trial is reaped once the
+    heartbeat goes stale."""
+
+    def handler(signum: int, _frame) -> None:  # noqa: ANN001
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent dies (a coordinator
+    killed with -9 must not leave workers training on). Elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took hold
+        raise SystemExit(128 + signal.SIGTERM)
+
+
+def _worker_process(
+    spec: StudySpec,
+    threads: int,
+    index: int,
+    jobs: int,
+    queue,  # noqa: ANN001
+    parent: int,
+) -> None:
+    """Entry point of a local worker process (spawned: no state shared with the parent): its
+    share of the references, then trials until none is waiting."""
+    stop_on_sigterm()
+    _die_with_parent(parent)
     torch.set_num_threads(threads)
+    threadpool_limits(threads)  # numpy's and scikit-learn's pools too: one core each
+    global SHOW_PROGRESS
+    SHOW_PROGRESS = False  # several bars on one terminal would overwrite each other
     name = f"w{index} "
+    say = lambda m: print(m, flush=True)  # noqa: E731
     try:
         st = open_study(spec)
-        ran, failed = work(st, expand(spec), lambda m: print(m, flush=True), name)
+        run_references(st, lambda m: say(name + m.strip()), (index, jobs))
+        ran, failed = work(st, expand(spec), say, name)
         queue.put((ran, failed))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         queue.put((0, 0))
+
+
+def default_jobs() -> int:
+    """Local workers when `-j` is not given. On a GPU, one (one device). On CPUs, one
+    single-thread worker per core: `bench.workers` measured it faster than one worker using
+    every core, on the default study (docs/performance.md)."""
+    if torch.cuda.is_available():
+        return 1
+    return os.cpu_count() or 1
 
 
 def threads_per_worker(jobs: int) -> int:
@@ -558,14 +723,14 @@ def run_study(spec: StudySpec, log: Log = print, jobs: int = 1) -> RunSummary:
     t0 = time.perf_counter()
     trials = expand(spec)
     st = open_study(spec)
-    st.ledger.reap()  # trials of workers that died since the last run
+    reap_lost(st)  # trials of workers that died since the last run
     todo = st.ledger.sync(trials, spec.max_attempts)
     log(
         f"study {spec.study}: {len(trials)} trials, {len(trials) - len(todo)} already finished, "
         f"{len(todo)} to run" + (f" on {jobs} workers" if jobs > 1 else "")
     )
-    run_references(st, log)
     if jobs <= 1 or len(todo) <= 1:
+        run_references(st, log)
         ran, failed = work(st, trials, log)
     else:
         import multiprocessing as mp
@@ -573,17 +738,24 @@ def run_study(spec: StudySpec, log: Log = print, jobs: int = 1) -> RunSummary:
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         threads = threads_per_worker(jobs)
+        n = min(jobs, len(todo))
         procs = [
-            ctx.Process(target=_worker_process, args=(spec, threads, i, queue), daemon=False)
-            for i in range(min(jobs, len(todo)))
+            ctx.Process(
+                target=_worker_process, args=(spec, threads, i, n, queue, os.getpid()), daemon=False
+            )
+            for i in range(n)
         ]
         for p in procs:
             p.start()
         try:
             for p in procs:
                 p.join()
-        except KeyboardInterrupt:
-            # The workers got the same Ctrl-C: each releases its trial and exits.
+        except (KeyboardInterrupt, SystemExit) as e:
+            # Ctrl-C reached the workers too; a SIGTERM (SystemExit) reached only this process,
+            # so pass it on. Each worker releases its trial and exits.
+            for p in procs:
+                if isinstance(e, SystemExit) and p.is_alive():
+                    p.terminate()
             for p in procs:
                 p.join(timeout=60)
             raise

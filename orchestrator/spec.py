@@ -30,9 +30,12 @@ from model.sources import TASKS
 
 PRUNING = ("none", "median")
 DESIGNS = ("ofat", "factorial", "list")
-# A full cross grows as the product of the value counts; past this many cells a typo (one value
-# too many on three axes) would silently queue days of training, so the file is refused instead.
-MAX_FACTORIAL_CELLS = 256
+# A grid grows as the product of the value counts (times the seeds); past this many trials a
+# typo (one value too many on three axes) would silently queue days of training, so `abl run`
+# asks for --yes first. Past the hard limit no file is accepted: checking every cell of the
+# cross as a recipe alone would take minutes.
+MAX_TRIALS = 256
+MAX_FACTORIAL_CELLS = 20_000
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 
@@ -493,8 +496,8 @@ def _validate_factorial(
     if n > MAX_FACTORIAL_CELLS:
         sizes = " x ".join(f"{len(a.values)} ({a.name})" for a in on)
         raise AblError(
-            f"{source}: design: factorial crosses {sizes} = {n} cells, more than "
-            f"{MAX_FACTORIAL_CELLS}; use fewer values, cross fewer axes with `crossed:`, "
+            f"{source}: design: factorial crosses {sizes} = {n} cells, more than abl accepts "
+            f"({MAX_FACTORIAL_CELLS}); use fewer values, cross fewer axes with `crossed:`, "
             "or use design: ofat"
         )
     # Axes left out of the cross never leave the baseline, but their values must still be
@@ -574,18 +577,76 @@ def _config_axes(configs: tuple[ConfigEntry, ...]) -> tuple[Axis, ...]:
     return tuple(Axis(p, p, tuple(vals.values())) for p, vals in by_path.items())
 
 
+def check_size(spec: StudySpec, trials: int, yes: bool) -> None:
+    """Refuse a study of more than MAX_TRIALS trials unless the user said --yes."""
+    if trials <= MAX_TRIALS or yes:
+        return
+    cells = trials // len(spec.seeds)
+    if spec.design == "factorial":
+        on = [a for a in spec.axes if not spec.crossed or a.name in spec.crossed]
+        sizes = " x ".join(f"{len(a.values)} ({a.name})" for a in on)
+        what = f"design: factorial crosses {sizes} = {cells} cells"
+    else:
+        what = f"design: {spec.design} has {cells} cells"
+    raise AblError(
+        f"{spec.source}: {what} x {len(spec.seeds)} seeds = {trials} trials, more than "
+        f"{MAX_TRIALS}; pass --yes to run them all, or use fewer values or seeds"
+        + (
+            ", cross fewer axes with `crossed:`, or use design: ofat"
+            if spec.design == "factorial"
+            else ""
+        )
+    )
+
+
+def _read_yaml(text: str) -> Any:
+    """yaml.safe_load (no tag builds an object), refusing a key given twice in one mapping:
+    plain YAML keeps the last silently, so a second `masking:` axis would replace the first
+    without a word. The check walks the parsed nodes; nothing is constructed twice."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    todo = [root] if root is not None else []
+    visited: set[int] = set()  # aliases share nodes, and may even loop
+    while todo:
+        node = todo.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, yaml.Node] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        first = seen[key.value].start_mark.line + 1
+                        raise yaml.constructor.ConstructorError(
+                            None,
+                            None,
+                            f"key {key.value!r} appears twice in one mapping (first at line "
+                            f"{first}); keep one",
+                            key.start_mark,
+                        )
+                    seen[key.value] = key
+                todo.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+    return yaml.safe_load(text)
+
+
 def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
     """Read and validate an experiments file; raises AblError with one clear line."""
     p = Path(path)
     source = str(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise AblError(f"{source}: no such experiments file; pass the path to one") from None
     except OSError as e:
         raise AblError(f"{source}: cannot be read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise AblError(
+            f"{source}: is not UTF-8 text (byte {e.start}); save the experiments file as UTF-8"
+        ) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _read_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -118,6 +118,11 @@ class Tracker:
     def end_run(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
+    def fail_run(self, run_id: str, reason: str) -> None:
+        """Close a run its worker could not close (it was killed): FAILED, with the reason."""
+        self.set_tags(run_id, {"abl.error": reason})
+        self.end_run(run_id, ok=False)
+
 
 def ui_command(tracking_uri: str, port: int, host: str = "127.0.0.1") -> list[str]:
     """The MLflow UI on loopback unless the user asks otherwise; an argument list, no shell."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
@@ -51,6 +51,9 @@ class Results:
     curves: pd.DataFrame  # key, name, step, value
     references: pd.DataFrame  # setting, seed, task, metric, value (percent)
     stale: int = 0  # results of the study from earlier versions of the file, left out
+    # Per task the study reads: {"clips": n, "skipped": {reason: n}} (clips its preparation
+    # skipped: unreadable or silent audio), as recorded when the study was last run.
+    data: dict[str, dict] = field(default_factory=dict)
 
 
 def load_results(engine: Engine, study: str, expected: Iterable[dict] | None = None) -> Results:
@@ -130,6 +133,7 @@ def load_results(engine: Engine, study: str, expected: Iterable[dict] | None = N
         curves,
         references,
         stale,
+        dict(spec.get("data") or {}),
     )
 
 

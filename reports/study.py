@@ -76,6 +76,19 @@ def render_study_page(
             "Seeds too few to tell (add seeds to the experiments file)",
         )
 
+    skipped = [
+        f"{task}: "
+        + ", ".join(f"{n} {why}" for why, n in sorted(d["skipped"].items()))
+        + f" (of {d['clips'] + sum(d['skipped'].values())} files; {d['clips']} used)"
+        for task, d in sorted(res.data.items())
+        if d.get("skipped")
+    ]
+    if skipped:
+        n = sum(sum(d["skipped"].values()) for d in res.data.values())
+        page.warnings(
+            skipped, f"Audio skipped: {n} clips could not be used when the data was prepared"
+        )
+
     page.heading("Recipe: the best value of each axis", "recipe")
     rec = recipe(analyses, res.base)
     page.para(

@@ -11,6 +11,7 @@ never skip. Use it with `from tests.pg import postgres_url  # noqa: F401` in a t
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import secrets
@@ -193,3 +194,23 @@ def postgres_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage(request) -> dict:
+    """Experiments-file overrides, one test per backend: SQLite files in the output folder, or
+    two fresh databases (Optuna, results) on the test server. Import it with postgres_url."""
+    if request.param == "sqlite":
+        return {}
+    server = request.getfixturevalue("postgres_url")
+    tag = f"t{next(_databases)}_{os.getpid()}"
+    return {
+        "storage": {
+            "optuna": create_database(server, f"{tag}_optuna"),
+            "results": create_database(server, f"{tag}_results"),
+            "mlflow": None,
+        }
+    }

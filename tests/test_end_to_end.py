@@ -82,7 +82,7 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
     assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in done)
 
     # A second run finds everything finished and trains nothing.
-    again = runner.invoke(app, ["run", str(exp), "--no-report"])
+    again = runner.invoke(app, ["run", "-j", "1", str(exp), "--no-report"])
     assert again.exit_code == 0, again.output
     assert "ran 0, failed 0, already finished 2" in again.output
 
@@ -141,7 +141,7 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
 def test_export_best_then_embed_real_audio(tmp_path, tiny_experiments, env_sfx):
     exp = tiny_experiments()
     out = tmp_path / "out"
-    assert runner.invoke(app, ["run", str(exp), "--no-report"]).exit_code == 0
+    assert runner.invoke(app, ["run", "-j", "1", str(exp), "--no-report"]).exit_code == 0
 
     best = tmp_path / "best.pt"
     res = runner.invoke(app, ["export-best", str(exp), "--out", str(best)])
@@ -195,7 +195,7 @@ def test_factorial_and_list_designs_reach_the_reports(tmp_path, tiny_experiments
         "mask.ratio": [0.4, 0.6],
     }
     exp = tiny_experiments(design="factorial", axes=axes)
-    res = runner.invoke(app, ["run", str(exp)])
+    res = runner.invoke(app, ["run", "-j", "1", str(exp)])
     assert res.exit_code == 0, res.output
     assert "ran 4, failed 0" in res.output
     reports = tmp_path / "out" / "reports" / "tiny"
@@ -223,7 +223,7 @@ def test_factorial_and_list_designs_reach_the_reports(tmp_path, tiny_experiments
     )
     f = lst / "experiments.yaml"
     f.write_text(yaml.safe_dump(spec))
-    res = runner.invoke(app, ["run", str(f)])
+    res = runner.invoke(app, ["run", "-j", "1", str(f)])
     assert res.exit_code == 0, res.output
     page = (lst / "out" / "reports" / "tiny" / "config.html").read_text()
     assert "ijepa-like" in page and "frames-96" in page

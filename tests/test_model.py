@@ -7,6 +7,7 @@ compares what came out, so a setting that is read but never used fails here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -23,7 +24,7 @@ from model.datasets import PreparedTask
 from model.features import CropSampler, corpus_normalizer, load_features
 from model.jepa import JEPA
 from model.masks import sample_masks
-from model.train import cpu_has_bf16, train
+from model.train import Batches, cpu_has_bf16, train
 from model.vit import ViT
 from orchestrator.spec import with_value
 
@@ -164,6 +165,9 @@ def test_patch_shapes_tile_the_input(patch):
     assert enc.grid == (f, t)
     assert enc(x).shape == (2, f * t, 32)
     assert enc.frame_embeddings(x).shape == (2, t, f * 32)
+    # The unfolded matrix product is the convolution whose weights it holds.
+    conv = enc.patch(x).flatten(2).transpose(1, 2) + enc.pos
+    torch.testing.assert_close(enc.tokens(x), conv, rtol=1e-4, atol=1e-5)
     # Token i sits at frequency row i // t and time column i % t (the masks' layout).
     probe = torch.zeros(1, 1, fe.n_mels, fe.frames)
     probe[..., : patch[0], patch[1] : 2 * patch[1]] = 1.0
@@ -200,6 +204,48 @@ def test_nan_loss_fails_the_trial_with_its_reason(run):
     _, res = run(with_value(TINY, "train.lr", 1e30))
     assert res.failed is not None
     assert "non-finite" in res.failed or "diverged" in res.failed
+
+
+def test_a_failure_read_back_late_names_the_step_it_happened_at(run):
+    """The loss is read from the device every log_every steps; the reason still names the
+    first bad step, and the history stops before it."""
+    bad = with_value(with_value(TINY, "train.lr", 1e30), "train.steps", 8)
+    _, every = run(bad)  # log_every 1: read at each step
+    late = dataclasses.replace(bad, train=dataclasses.replace(bad.train, log_every=7))
+    _, res = run(late)
+    assert every.failed and res.failed == every.failed and every.steps > 0
+    assert res.steps == every.steps == len(res.history)
+    assert [h["loss"] for h in res.history] == [h["loss"] for h in every.history]
+
+
+def test_batches_are_the_samplers_own_sequence(run):
+    """Made ahead in a thread, batches and masks are those of the plain loop, and the RNG state
+    a checkpoint keeps is the one after the last batch handed out."""
+    r = with_value(TINY, "train.steps", 5)
+    grid = JEPA(r).grid
+    ahead, plain = run.sampler(r), run.sampler(r)
+    batches = Batches(ahead, r, grid, seed=3, start=1)
+    try:
+        for step in (1, 2):
+            x, m = batches.next()
+            assert torch.equal(x, plain.batch(r.train.batch_size))
+            want = sample_masks(r.train.batch_size, grid, r.mask, 3 * 1_000_003 + step, step / 5)
+            assert torch.equal(m.context, want.context) and torch.equal(m.target, want.target)
+            assert batches.rng_state == json.dumps(plain.rng.bit_generator.state)
+    finally:
+        batches.close()
+
+
+def test_a_data_error_in_the_producer_reaches_the_loop(run):
+    r = with_value(TINY, "train.steps", 5)
+    sampler = run.sampler(r)
+
+    def broken(size: int):
+        raise OSError("frames.f16: input/output error")
+
+    sampler.batch = broken
+    with pytest.raises(OSError, match="input/output error"):
+        train(r, sampler, seed=0)
 
 
 def test_checkpoint_resume_reproduces_an_uninterrupted_run(run, tmp_path):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from model.errors import AblError
 from orchestrator.cli import app
-from orchestrator.spec import load_spec
+from orchestrator.spec import check_size, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -135,16 +135,18 @@ BAD = {
         as_list([{"name": "same", "mask.ratio": 0.6}]),
         ["configs[0] (same)", "same trial as the baseline"],
     ),
-    "factorial too large": (
+    "factorial past the hard limit": (
         lambda s: s.update(
             design="factorial",
             axes={
-                "mask.ratio": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                "mask.ratio": [round(0.01 * i, 2) for i in range(1, 100)],
                 "mask.target_blocks": [1, 2, 3, 4, 5, 6, 7, 8],
                 "target.norm": ["none", "layer", "instance", "batch"],
+                "loss.kind": ["l2", "smooth_l1", "cosine"],
+                "train.lr": [0.001, 0.002, 0.003],
             },
         ),
-        ["design: factorial", "= 288 cells", "more than 256", "design: ofat"],
+        ["design: factorial", "= 28512 cells", "more than abl accepts", "design: ofat"],
     ),
     "factorial impossible cell": (
         lambda s: s.update(design="factorial", axes={"encoder.width": [128, 192]}),
@@ -179,10 +181,79 @@ def test_bad_files_name_the_key_and_exit_2(tmp_path, case):
     assert str(path) in msg and "\n" not in msg
     for w in words:
         assert w in msg
-    result = runner.invoke(app, ["run", str(path), "--output", str(tmp_path / "out")])
+    result = runner.invoke(app, ["run", "-j", "1", str(path), "--output", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and result.output.startswith("abl: error:")
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+# Files that fail before the keys are read: YAML syntax, tags that would build objects, keys
+# given twice, a document that is not a mapping, bytes that are not text.
+RAW = {
+    "unclosed list": ("study: x\naxes: [unclosed\n", ["YAML syntax error at line"]),
+    "unclosed quote": ('study: "x\nseeds: [0]\n', ["YAML syntax error"]),
+    "bad indentation": ("study: x\nbaseline:\n  mask:\n ratio: 0.5\n", ["YAML syntax error"]),
+    "tab indentation": ("study: x\nbaseline:\n\tmask: {}\n", ["YAML syntax error"]),
+    "object/apply tag": (
+        "study: !!python/object/apply:os.system ['echo hacked']\n",
+        ["YAML syntax error", "python/object/apply"],
+    ),
+    "object/new tag": (
+        "study: !!python/object/new:subprocess.Popen [['true']]\n",
+        ["YAML syntax error", "python/object/new"],
+    ),
+    "name tag": ("study: !!python/name:os.system\n", ["YAML syntax error", "python/name"]),
+    "module tag": ("study: !!python/module:os\n", ["YAML syntax error", "python/module"]),
+    "custom tag": ("study: !Study x\n", ["YAML syntax error", "!Study"]),
+    "duplicate top key": ("study: a\nseeds: [0]\nstudy: b\n", ["'study' appears twice"]),
+    "duplicate axis": (
+        "study: a\naxes:\n  masking: {path: mask.strategy, values: [time]}\n"
+        "  masking: {path: mask.ratio, values: [0.5]}\n",
+        ["'masking' appears twice", "line 3", "keep one"],
+    ),
+    "empty file": ("", ["must be a YAML mapping"]),
+    "a list": ("- study: x\n", ["must be a YAML mapping"]),
+    "a scalar": ("just some text\n", ["must be a YAML mapping"]),
+    "not text": (b"study: \xff\xfe\x00x\n", ["not UTF-8 text", "save the experiments file"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RAW))
+def test_malformed_yaml_is_one_line_exit_2_and_nothing_written(tmp_path, case):
+    body, words = RAW[case]
+    path = tmp_path / "exp.yaml"
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    result = runner.invoke(app, ["run", "-j", "1", str(path), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("abl: error:")
+    assert str(path) in result.output
+    for w in words:
+        assert w in result.output
+    assert not (tmp_path / "out").exists()  # nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
+
+
+def test_a_grid_over_the_trial_limit_needs_yes(tmp_path):
+    axes = {
+        "mask.ratio": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        "mask.target_blocks": [1, 2],
+    }
+    path = write(tmp_path, lambda s: s.update(design="factorial", axes=axes, seeds=list(range(15))))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(path), "--output", str(out)])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and str(path) in result.output
+    for w in ("= 18 cells x 15 seeds = 270 trials", "more than 256", "pass --yes"):
+        assert w in result.output
+    assert not out.exists()
+    # Listing them needs no confirmation; --yes lets the run past the check.
+    listed = runner.invoke(app, ["run", str(path), "--dry-run", "--output", str(out)])
+    assert listed.exit_code == 0 and "270 trials" in listed.output
+    spec = load_spec(path)
+    check_size(spec, 270, yes=True)
+    with pytest.raises(AblError, match="270 trials"):
+        check_size(spec, 270, yes=False)
+    check_size(spec, 256, yes=False)
 
 
 def test_yaml_syntax_error_gives_line(tmp_path):
