@@ -151,7 +151,10 @@ class Ledger:
         PostgreSQL but not on SQLite: there two workers could both read WAITING and both run
         the trial. On SQLite the change is one compare-and-set UPDATE instead."""
         if self.storage.engine.dialect.name != "sqlite":
-            return self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+            try:
+                return self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return False  # another worker claimed and finished it since it was listed
         with self.storage.engine.begin() as conn:
             changed = conn.execute(
                 text(

@@ -79,14 +79,15 @@ def test_ctrl_c_releases_the_trial_without_using_an_attempt(tmp_path, tiny_exper
 
     spec = yaml.safe_load(exp.read_text())
     # Long enough that the run cannot finish between seeing a trial run and the Ctrl-C.
-    spec["baseline"]["train"].update(steps=600, checkpoint_every=5, eval_every=0)
+    spec["baseline"]["train"].update(steps=2000, checkpoint_every=5, eval_every=0)
     exp.write_text(yaml.safe_dump(spec))
     w = subprocess.Popen(
         [*ABL, "run", "-j", "1", str(exp), "--no-report"], stdout=subprocess.DEVNULL
     )
     _wait_for(lambda: _running(out))
+    time.sleep(1)  # well inside training
     w.send_signal(signal.SIGINT)
-    assert w.wait(timeout=60) == 130
+    assert w.wait(timeout=120) == 130
     trials = _ledger(out)
     released = [t for t in trials if t.user_attrs.get("released")]
     assert len(released) == 1 and "released" in released[0].user_attrs["error"]
