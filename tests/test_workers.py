@@ -81,8 +81,12 @@ def test_ctrl_c_releases_the_trial_without_using_an_attempt(tmp_path, tiny_exper
     # Long enough that the run cannot finish between seeing a trial run and the Ctrl-C.
     spec["baseline"]["train"].update(steps=2000, checkpoint_every=5, eval_every=0)
     exp.write_text(yaml.safe_dump(spec))
+    # A shell that starts the tests in the background ignores SIGINT, and a child inherits
+    # that; restore the default so `abl` gets Ctrl-C the way a terminal delivers it.
     w = subprocess.Popen(
-        [*ABL, "run", "-j", "1", str(exp), "--no-report"], stdout=subprocess.DEVNULL
+        [*ABL, "run", "-j", "1", str(exp), "--no-report"],
+        stdout=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_for(lambda: _running(out))
     time.sleep(1)  # well inside training
