@@ -20,6 +20,7 @@ from sqlalchemy import text
 from db.engine import make_engine
 from orchestrator.spec import load_spec
 from tests.pg import postgres_url, storage  # noqa: F401
+from tests.procs import alive, children, wait_for
 
 ABL = str(Path(sys.executable).with_name("abl"))
 FAST_REAP = {"ABL_HEARTBEAT_S": "1", "ABL_GRACE_S": "3"}  # a lost worker is noticed in 3 s
@@ -56,41 +57,10 @@ def _running(exp: Path) -> bool:
     return any(s == "running" for _, s, _, _ in rows) and any((out / "checkpoints").glob("*.pt"))
 
 
-def _wait_for(predicate, timeout: float = 180.0) -> None:
-    t0 = time.time()
-    while not predicate():
-        if time.time() - t0 > timeout:
-            raise AssertionError("timed out")
-        time.sleep(0.2)
-
-
 def _abl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [ABL, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True
     )
-
-
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is `pid`, from /proc."""
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie no one has reaped yet counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _runs(exp: Path) -> list:
@@ -125,7 +95,7 @@ def test_a_worker_killed_mid_trial_runs_again_exactly_once(tmp_path, tiny_experi
         [ABL, "worker", str(exp)], env={**os.environ, **FAST_REAP}, stdout=subprocess.DEVNULL
     )
     try:
-        _wait_for(lambda: _running(exp))
+        wait_for(lambda: _running(exp))
     finally:
         w.send_signal(signal.SIGKILL)
         w.wait()
@@ -161,14 +131,14 @@ def test_a_coordinator_killed_mid_study_takes_its_workers_down_and_resumes(
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for(lambda: _running(exp))
-        children = _children(coord.pid)
-        assert len(children) >= 2  # the two workers (and multiprocessing's helper)
+        wait_for(lambda: _running(exp))
+        workers = children(coord.pid)
+        assert len(workers) >= 2  # the two workers (and multiprocessing's helper)
     finally:
         coord.send_signal(signal.SIGKILL)
         coord.wait()
     # Each worker gets SIGTERM from the kernel, releases its trial and exits.
-    _wait_for(lambda: not any(_alive(pid) for pid in children), 60)
+    wait_for(lambda: not any(alive(pid) for pid in workers), 60)
     # A worker stopped inside a trial released it; one stopped between claiming and starting
     # it leaves a stale heartbeat, which the next run reaps after the grace period.
     time.sleep(4)

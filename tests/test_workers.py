@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from tests.procs import wait_for
 
 runner = CliRunner()
 ABL = [str(Path(sys.executable).with_name("abl"))]
@@ -55,14 +56,6 @@ def test_two_local_workers_finish_every_key_exactly_once(tmp_path, tiny_experime
     assert len(workers) == 2
 
 
-def _wait_for(predicate, timeout: float = 120.0) -> None:
-    t0 = time.time()
-    while not predicate():
-        if time.time() - t0 > timeout:
-            raise AssertionError("timed out")
-        time.sleep(0.2)
-
-
 def _running(out) -> bool:
     try:
         db = sqlite3.connect(out / "results.db", timeout=1)
@@ -88,7 +81,7 @@ def test_ctrl_c_releases_the_trial_without_using_an_attempt(tmp_path, tiny_exper
         stdout=subprocess.DEVNULL,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    _wait_for(lambda: _running(out))
+    wait_for(lambda: _running(out))
     time.sleep(1)  # well inside training
     w.send_signal(signal.SIGINT)
     assert w.wait(timeout=120) == 130

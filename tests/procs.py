@@ -1,0 +1,40 @@
+"""Helpers for tests that drive real processes: wait for a condition, see who is alive."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def wait_for(predicate, timeout: float = 180.0) -> None:  # noqa: ANN001
+    """Poll `predicate` every 0.2 s until it holds; AssertionError after `timeout` s."""
+    t0 = time.time()
+    while not predicate():
+        if time.time() - t0 > timeout:
+            raise AssertionError("timed out")
+        time.sleep(0.2)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first), None when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie no one has reaped yet counts as gone)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid`, from /proc."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None and int(fields[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
