@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from model.train import cpu_has_bf16
+from model.precision import cpu_has_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -36,6 +36,17 @@ def override(recipe, assignment: str):
     return with_value(recipe, path, value)
 
 
+def _ref_key(recipe, seed: int) -> str:  # noqa: ANN001
+    """What a random-init reference depends on: the encoder, the probe, the normaliser."""
+    import dataclasses
+    import hashlib
+
+    d = dataclasses.asdict(recipe)
+    part = {k: d[k] for k in ("frontend", "encoder", "probe")}
+    part["corpus"], part["limit"] = d["data"]["corpus"], d["data"]["max_clips_per_class"]
+    return hashlib.sha1(json.dumps([part, seed], sort_keys=True).encode()).hexdigest()[:16]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--experiments", default=str(ROOT / "experiments.yaml"))
@@ -43,8 +54,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--out", help="append a JSON record of the run to this file")
+    ap.add_argument("--name", default="", help="a label for the record")
     ap.add_argument(
         "--no-target", action="store_true", help="probe only the context (online) encoder"
+    )
+    ap.add_argument(
+        "--ref-cache",
+        default=str(ROOT / "bench" / "results" / "random_init_refs.json"),
+        help="random-init scores kept between runs (keyed by encoder, probe and corpus)",
     )
     args = ap.parse_args()
 
@@ -56,26 +73,33 @@ def main() -> None:
         prepare_task(task, root, log=lambda _m: None)
     bank = DataBank(root)
     norm = bank.normalizer(recipe)
+    cache_path = Path(args.ref_cache)
+    refs = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     rows = []
     for seed in args.seeds:
-        torch.manual_seed(seed)
-        rand = ViT(recipe.encoder, recipe.frontend.n_mels, recipe.frontend.frames).eval()
-        ref = score(encoder_features(rand, recipe, norm), recipe, bank)
+        rk = _ref_key(recipe, seed)
+        if rk not in refs:
+            torch.manual_seed(seed)
+            rand = ViT(recipe.encoder, recipe.frontend.n_mels, recipe.frontend.frames).eval()
+            ref = score(encoder_features(rand, recipe, norm), recipe, bank)
+            refs[rk] = {t: ref.metrics[(t, "accuracy")] for t in recipe.probe.tasks}
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps(refs, indent=1, sort_keys=True))
         for steps in args.steps:
             r = with_value(recipe, "train.steps", steps)
-            sampler_seed = seed
-            from model.features import CropSampler
-
-            sampler = CropSampler(bank.corpus(r), r.frontend.frames, norm, sampler_seed)
+            sampler = bank.sampler(r, seed)
             t0 = time.perf_counter()
             model, res = train(r, sampler, seed)
             train_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
             ctx = score(encoder_features(model.encoder, r, norm), r, bank)
+            probe_s = time.perf_counter() - t1
             tgt = (
                 None
                 if args.no_target
                 else score(encoder_features(model.target_encoder, r, norm), r, bank)
             )
+            last = res.history[-1] if res.history else {}
             for task in recipe.probe.tasks:
                 k = (task, "accuracy")
                 rows.append(
@@ -83,13 +107,17 @@ def main() -> None:
                         "seed": seed,
                         "steps": steps,
                         "task": task,
-                        "random": ref.metrics[k],
+                        "random": refs[rk][task],
                         "context": ctx.metrics[k],
                         "target": tgt.metrics[k] if tgt else float("nan"),
                         "train_s": round(train_s, 1),
+                        "probe_s": round(probe_s, 1),
                         "samples_per_s": round(res.samples_per_s, 1),
-                        "final_loss": res.history[-1]["loss"] if res.history else float("nan"),
-                        "target_rank": res.history[-1].get("target_rank") if res.history else None,
+                        "padding_share": round(res.padding_share, 4),
+                        "final_loss": last.get("loss", float("nan")),
+                        "target_token_rank": last.get("target_token_rank"),
+                        "rank_context": last.get("rank.context"),
+                        "cos_context": last.get("cos.context.positions"),
                         "failed": res.failed,
                     }
                 )
@@ -98,22 +126,28 @@ def main() -> None:
                     f"seed {seed} steps {steps:5d} {task:15s} random {x['random']:.3f} "
                     f"context {x['context']:.3f} ({x['context'] - x['random']:+.3f}) "
                     f"target {x['target']:.3f} ({x['target'] - x['random']:+.3f}) "
-                    f"loss {x['final_loss']:.3f} rank {x['target_rank']:.1f} "
-                    f"{x['samples_per_s']:.0f} samples/s",
+                    f"loss {x['final_loss']:.3f} rank {x['rank_context'] or 0:.1f} "
+                    f"cos {x['cos_context'] or 0:.2f} pad {x['padding_share']:.3f} "
+                    f"{x['samples_per_s']:.0f} samples/s probe {probe_s:.0f}s",
                     flush=True,
                 )
-    print("mean margin over random-init (context, target) by steps:")
+    print(f"mean margin over random-init (context, target) by steps [{args.name}]:")
     for steps in args.steps:
         sel = [r for r in rows if r["steps"] == steps]
         c = np.array([r["context"] - r["random"] for r in sel])
         t = np.array([r["target"] - r["random"] for r in sel])
+        per_seed = [
+            np.mean([r["context"] - r["random"] for r in sel if r["seed"] == s])
+            for s in args.seeds
+        ]
         print(
             f"  {steps:5d} steps: context {c.mean():+.3f} +- {c.std():.3f}, "
-            f"target {t.mean():+.3f} +- {t.std():.3f} (n={len(sel)})"
+            f"target {t.mean():+.3f} +- {t.std():.3f} (n={len(sel)}); per seed "
+            + " ".join(f"{m:+.3f}" for m in per_seed)
         )
     if args.out:
         with open(args.out, "a") as f:
-            f.write(json.dumps({"sets": args.sets, "rows": rows}) + "\n")
+            f.write(json.dumps({"name": args.name, "sets": args.sets, "rows": rows}) + "\n")
 
 
 if __name__ == "__main__":

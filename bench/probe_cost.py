@@ -19,7 +19,7 @@ import torch
 from bench.common import Figure, default_out, keep
 from model.datasets import prepare_task, resolve_data_root
 from model.features import CropSampler
-from model.train import train, use_bf16
+from model.train import train
 from orchestrator.runner import DataBank, encoder_features, score
 from orchestrator.spec import load_spec, with_value
 
@@ -47,7 +47,8 @@ def main() -> None:
     rec = {
         "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        "bf16": use_bf16(recipe.train.bf16, torch.device("cpu")),
+        "precision": res.precision,
+        "attention": res.attention,
         "train_samples_per_s": round(res.samples_per_s, 1),
         "train_s_at_budget": round(budget_s, 1),
         "budget_steps": recipe.train.steps,
@@ -58,7 +59,8 @@ def main() -> None:
         "tasks": list(recipe.probe.tasks),
     }
     print(
-        f"training {rec['train_samples_per_s']} samples/s (bf16 {rec['bf16']}): "
+        f"training {rec['train_samples_per_s']} samples/s ({res.precision}, {res.attention} "
+        "attention): "
         f"{budget_s:.0f} s for {recipe.train.steps} steps; probes {scores.seconds:.1f} s "
         f"(embedding {scores.embed_s:.1f} s, fitting {rec['fit_s']} s) = "
         f"{rec['probe_share']:.3f} of pretraining (target <= 0.15)"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime
+from typing import Protocol
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, select
 
 from db.engine import session_scope
-from db.schema import CurvePoint, Metric, Study, Trial
+from db.schema import CurvePoint, Metric, Prediction, Study, Trial
 
 # Scripts and notebooks build on these names: keep them stable.
 RESULT_COLUMNS = ["study", "key", "seed", "axis", "setting", "status", "task", "metric", "value"]
@@ -59,6 +61,7 @@ def start_trial(
         t.mlflow_run_id = mlflow_run_id
         t.metrics.clear()
         t.curves.clear()
+        t.predictions.clear()
         s.flush()
         return t.id
 
@@ -90,21 +93,112 @@ def finish_trial(
     error: str | None = None,
     status: str | None = None,
     curves: list[tuple[str, int, float]] = (),
+    predictions: dict[str, ClipPredictions] | None = None,
+    precision: str | None = None,
+    attention: str | None = None,
 ) -> None:
-    """Record the outcome, every metric and the training curves (name, step, value) in one
-    transaction: all or nothing. The status is done, failed (when `error` is given) or what
-    `status` says (pruned). Non-finite curve points (a diverged loss) are left out."""
+    """Record the outcome, every metric, the training curves (name, step, value) and the
+    per-clip predictions by task in one transaction: all or nothing. The status is done,
+    failed (when `error` is given) or what `status` says (pruned). Non-finite curve points (a
+    diverged loss) are left out."""
     with session_scope(engine) as s:
         t = s.get_one(Trial, trial_id)
         t.status = status or ("failed" if error else "done")
         t.error, t.wall_s, t.finished, t.mlflow_run_id = error, wall_s, now(), mlflow_run_id
+        t.precision, t.attention = precision or None, attention or None
         t.metrics.clear()
         t.curves.clear()
+        t.predictions.clear()
         s.flush()
+        for task, p in (predictions or {}).items():
+            t.predictions.append(_pack(task, p))
         for (task, metric), value in metrics.items():
             t.metrics.append(Metric(task=task, metric=metric, value=float(value)))
         points = {(name, int(step)): float(v) for name, step, v in curves if math.isfinite(v)}
         t.curves.extend(CurvePoint(name=n, step=st, value=v) for (n, st), v in points.items())
+
+
+class ClipPredictions(Protocol):
+    """Per-clip predictions of one task (orchestrator.runner.TaskPredictions has this shape)."""
+
+    clips: np.ndarray
+    groups: np.ndarray
+    folds: np.ndarray
+    truth: np.ndarray
+    pred: np.ndarray
+
+
+def _ints(a: np.ndarray) -> bytes:
+    return np.asarray(a, "<i4").tobytes()
+
+
+def _pack(task: str, p: ClipPredictions) -> Prediction:
+    classes = sorted({*map(str, p.truth), *map(str, p.pred)})
+    index = {c: i for i, c in enumerate(classes)}
+    return Prediction(
+        task=task,
+        classes=json.dumps(classes),
+        clips=_ints(p.clips),
+        groups=_ints(p.groups),
+        folds=_ints(p.folds),
+        truth=_ints([index[str(c)] for c in p.truth]),
+        pred=_ints([index[str(c)] for c in p.pred]),
+    )
+
+
+PREDICTION_COLUMNS = [
+    "key",
+    "seed",
+    "axis",
+    "setting",
+    "status",
+    "task",
+    "clip",
+    "fold",
+    "group",
+    "truth",
+    "pred",
+]
+
+
+def predictions_frame(engine: Engine, study: str) -> pd.DataFrame:
+    """Per-clip test predictions of a study's trials: one row per trial, task and clip tested,
+    columns PREDICTION_COLUMNS (`clip` and `group` are int indices within the task, stable
+    across trials; `truth` and `pred` class names). Empty for studies run before they were
+    stored."""
+    stmt = (
+        select(Trial.key, Trial.seed, Trial.axis, Trial.setting, Trial.status, Prediction)
+        .join(Prediction, Prediction.trial_id == Trial.id)
+        .join(Study, Trial.study_id == Study.id)
+        .where(Study.name == study)
+        .order_by(Trial.id, Prediction.task)
+    )
+    parts = []
+    with session_scope(engine) as s:
+        for key, seed, axis, setting, status, p in s.execute(stmt):
+            classes = np.asarray(json.loads(p.classes))
+            clips = np.frombuffer(p.clips, "<i4")
+            n = len(clips)
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "key": [key] * n,
+                        "seed": seed,
+                        "axis": axis,
+                        "setting": setting,
+                        "status": status,
+                        "task": p.task,
+                        "clip": clips.astype(np.int64),
+                        "fold": np.frombuffer(p.folds, "<i4").astype(np.int64),
+                        "group": np.frombuffer(p.groups, "<i4").astype(np.int64),
+                        "truth": classes[np.frombuffer(p.truth, "<i4")],
+                        "pred": classes[np.frombuffer(p.pred, "<i4")],
+                    }
+                )
+            )
+    if not parts:
+        return pd.DataFrame(columns=PREDICTION_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[PREDICTION_COLUMNS]
 
 
 def results_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
@@ -123,6 +217,8 @@ def results_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
             Trial.settings_json,
             Trial.error,
             Trial.wall_s,
+            Trial.precision,
+            Trial.attention,
             Trial.mlflow_run_id,
         )
         .join(Trial, Trial.study_id == Study.id)

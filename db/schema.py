@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 intpk = Annotated[int, mapped_column(primary_key=True)]
@@ -48,6 +48,11 @@ class Trial(Base):
     started: Mapped[datetime | None]
     finished: Mapped[datetime | None]
     wall_s: Mapped[float | None]
+    # What training actually ran with on the worker's machine (train.precision: auto picks
+    # by measurement): fp32 | bf16 (| "fp32+bf16" for a trial resumed in another precision),
+    # and the attention kernel, explicit | sdpa. None for references and older rows.
+    precision: Mapped[str | None] = mapped_column(String(20))
+    attention: Mapped[str | None] = mapped_column(String(20))
     study: Mapped[Study] = relationship(back_populates="trials")
     # delete-orphan: clearing a list (a new attempt of the trial) deletes its rows; plain
     # "all" would set their trial_id to NULL, which the schema refuses.
@@ -55,6 +60,9 @@ class Trial(Base):
         back_populates="trial", cascade="all, delete-orphan"
     )
     curves: Mapped[list[CurvePoint]] = relationship(
+        back_populates="trial", cascade="all, delete-orphan"
+    )
+    predictions: Mapped[list[Prediction]] = relationship(
         back_populates="trial", cascade="all, delete-orphan"
     )
 
@@ -84,3 +92,24 @@ class CurvePoint(Base):
     step: Mapped[int]
     value: Mapped[float]
     trial: Mapped[Trial] = relationship(back_populates="curves")
+
+
+class Prediction(Base):
+    """A trial's per-clip test predictions on one task, compact: little-endian int32 arrays
+    (one entry per clip tested) of the clip's index among the task's labelled clips sorted by
+    file, its group's index among the task's sorted groups, the fold that tested it, and the
+    true and predicted classes as indices into `classes` (a JSON list of class names)."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("trial_id", "task"),)
+
+    id: Mapped[intpk]
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id"), index=True)
+    task: Mapped[str200]
+    classes: Mapped[str] = mapped_column(Text)
+    clips: Mapped[bytes] = mapped_column(LargeBinary)
+    groups: Mapped[bytes] = mapped_column(LargeBinary)
+    folds: Mapped[bytes] = mapped_column(LargeBinary)
+    truth: Mapped[bytes] = mapped_column(LargeBinary)
+    pred: Mapped[bytes] = mapped_column(LargeBinary)
+    trial: Mapped[Trial] = relationship(back_populates="predictions")

@@ -39,7 +39,9 @@ class DataConfig:
     """Where prepared audio lives and which slice of it a study uses."""
 
     cache: str | None = None  # None: $ABL_DATA or the user's cache folder
-    corpus: tuple[str, ...] = ("env-sfx",)  # tasks whose train split is pretraining audio
+    # tasks whose train split is pretraining audio: unlabelled audio no probe task uses
+    corpus: tuple[str, ...] = ("corpus-0ad", "corpus-wesnoth", "corpus-speech")
+    sampling: str = "time"  # which clip a crop comes from: time | clip | source (features.py)
     max_clips_per_class: int | None = None  # a small slice for quick runs and tests
     tasks: tuple[TaskDef, ...] = ()  # bring-your-own data sets, usable as probe or corpus tasks
 
@@ -74,6 +76,7 @@ class MaskConfig:
     overlap: str = "disjoint"  # multiblock: disjoint (context minus targets) | allow
     curriculum: str = "none"  # A-JEPA: strategy whose chance grows over training, or none
     curriculum_end: float = 1.0  # that chance at the last step (0 at the first)
+    per_crop: int = 1  # masks drawn per crop, sharing one crop (data2vec 2.0, EAT)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,11 @@ class TargetConfig:
 @dataclass(frozen=True)
 class LossConfig:
     kind: str = "l2"  # l2 | smooth_l1 | cosine (normalised L2: 2 - 2 cos, halved)
+    # VICReg-style terms on the context encoder's clip embeddings (mean over its tokens),
+    # against collapse: a hinge on each channel's standard deviation across the batch, and
+    # the squared off-diagonal covariances. 0 = off.
+    var_weight: float = 0.0
+    cov_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,9 @@ class TrainConfig:
     warmup_steps: int = 30
     ema_start: float = 0.996
     ema_end: float = 1.0
-    bf16: bool = True  # bf16 autocast where the CPU supports it (and on CUDA)
+    # auto | fp32 | bf16 (autocast). auto: the faster of the two on this machine, measured
+    # (model/precision.py); fp32 where bf16 is not native. Replaces bf16: true / false.
+    precision: str = "auto"
     log_every: int = 10  # steps between collapse measurements (loss etc. are kept every step)
     eval_every: int = 0  # steps between intermediate evaluations handed to the caller; 0: none
     checkpoint_every: int = 250  # steps between checkpoints when a checkpoint path is given
@@ -111,6 +121,11 @@ class ProbeConfig:
 
     tasks: tuple[str, ...] = ("env-sfx",)
     encoder: str = "context"  # context (online) | target (EMA)
+    # cv: grouped, stratified k-fold over every labelled clip (each tested once; C chosen on
+    # a validation fold inside the training folds); split: the task's fixed train/val/test
+    protocol: str = "cv"
+    folds: int = 5
+    layers: int = 1  # each token the average of the encoder's last k blocks (1: the output)
     c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
     batch_size: int = 64
     knn_clips: int = 300  # train clips of the first task in the intermediate k-NN signal
@@ -152,6 +167,29 @@ def _build(cls: type, data: dict):
     return cls(**kwargs)
 
 
+# `train.bf16` before `train.precision` replaced it: true meant bf16 where the hardware has it
+# (now auto, which also measures that it is faster), false meant fp32.
+BF16_TO_PRECISION = {True: "auto", False: "fp32"}
+
+
+def _migrate_bf16(train: dict) -> dict:
+    import warnings
+
+    train = dict(train)
+    old = bool(train.pop("bf16"))
+    train.setdefault("precision", BF16_TO_PRECISION[old])
+    warnings.warn(
+        f"a stored config's train.bf16: {str(old).lower()} is read as train.precision: "
+        f"{train['precision']} (train.bf16 was replaced by train.precision: auto | fp32 | bf16)",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return train
+
+
 def recipe_from_dict(data: dict) -> RecipeConfig:
-    """Inverse of `dataclasses.asdict(recipe)`, for configs stored in checkpoints."""
+    """Inverse of `dataclasses.asdict(recipe)`, for configs stored in checkpoints (a config
+    stored before `train.precision` has its `train.bf16` migrated)."""
+    if isinstance(data.get("train"), dict) and "bf16" in data["train"]:
+        data = {**data, "train": _migrate_bf16(data["train"])}
     return _build(RecipeConfig, data)

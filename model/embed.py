@@ -1,9 +1,10 @@
 """Embeddings of a frozen encoder, EVAR style, for probes, audio files and the HEAR API.
 
 A clip's log-mel (normalised with the pretraining corpus' statistics) is cut into chunks of the
-encoder's input length (the last one zero-padded); per time patch the frequency tokens are
-concatenated (F' * D values), mean-pooled over the time patches that hold audio, and the chunk
-embeddings averaged. Timestamp embeddings are the per-time-patch vectors before pooling.
+encoder's input length; the encoder sees only the time patches that hold audio (a short last
+chunk is not padded into attention); per time patch the frequency tokens are concatenated
+(F' * D values), mean-pooled over the chunk's patches, and the chunk embeddings averaged.
+Timestamp embeddings are the per-time-patch vectors before pooling.
 """
 
 from __future__ import annotations
@@ -41,30 +42,42 @@ def _chunks(lm: np.ndarray, frames: int, pt: int) -> list[tuple[np.ndarray, int,
 
 
 def _encoded_chunks(
-    encoder: ViT, logmels: Sequence[np.ndarray], frames: int, batch_size: int
+    encoder: ViT, logmels: Sequence[np.ndarray], frames: int, batch_size: int, layers: int = 1
 ) -> Iterator[tuple[int, np.ndarray, int]]:
-    """(clip index, its chunk's time-patch embeddings (valid, F'*D), chunk's first frame), in
-    clip order; chunks of every clip are batched together through the encoder."""
+    """(clip index, its chunk's time-patch embeddings (valid, F'*D), chunk's first frame);
+    chunks of every clip are batched together through the encoder, each clip's in order."""
     encoder.eval()
     pt = encoder.patch.kernel_size[1]
     device = next(encoder.parameters()).device
     pieces = [(i, c, v, s) for i, lm in enumerate(logmels) for c, v, s in _chunks(lm, frames, pt)]
-    for s in range(0, len(pieces), batch_size):
+    # Chunks with the same number of time patches holding audio are encoded together, only
+    # those patches (see ViT.frame_embeddings). The sort is stable and only a clip's last chunk
+    # can be short, so each clip's chunks still come in order.
+    pieces.sort(key=lambda p: -p[2])
+    s = 0
+    while s < len(pieces):
+        valid = pieces[s][2]
         part = pieces[s : s + batch_size]
+        part = [p for p in part if p[2] == valid]
+        s += len(part)
         x = torch.from_numpy(np.stack([p[1] for p in part])).unsqueeze(1).to(device)
-        h = encoder.frame_embeddings(x).float().cpu().numpy()  # (B, T', F'*D)
-        for (clip, _, valid, start), emb in zip(part, h, strict=True):
-            yield clip, emb[:valid], start
+        h = encoder.frame_embeddings(x, valid, layers).float().cpu().numpy()  # (B, valid, F'*D)
+        for (clip, _, _, start), emb in zip(part, h, strict=True):
+            yield clip, emb, start
 
 
 @torch.inference_mode()
 def frame_embeddings(
-    encoder: ViT, logmels: Sequence[np.ndarray], frames: int, batch_size: int = 64
+    encoder: ViT,
+    logmels: Sequence[np.ndarray],
+    frames: int,
+    batch_size: int = 64,
+    layers: int = 1,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per clip: (time-patch embeddings (n, F'*D), first frame of each time patch (n,))."""
     pt = encoder.patch.kernel_size[1]
     per_clip: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in logmels]
-    for clip, emb, start in _encoded_chunks(encoder, logmels, frames, batch_size):
+    for clip, emb, start in _encoded_chunks(encoder, logmels, frames, batch_size, layers):
         per_clip[clip].append((emb, start + pt * np.arange(len(emb))))
     return [
         (np.concatenate([e for e, _ in parts]), np.concatenate([f for _, f in parts]))
@@ -74,13 +87,18 @@ def frame_embeddings(
 
 @torch.inference_mode()
 def clip_embeddings(
-    encoder: ViT, logmels: Sequence[np.ndarray], frames: int, batch_size: int = 64
+    encoder: ViT,
+    logmels: Sequence[np.ndarray],
+    frames: int,
+    batch_size: int = 64,
+    layers: int = 1,
 ) -> np.ndarray:
     """(n_clips, F'*D): the mean over a clip's time patches within each chunk, then over its
-    chunks (a short last chunk counts as much as a full one, as in EVAR)."""
+    chunks (a short last chunk counts as much as a full one, as in EVAR). `layers` > 1: each
+    token is the average of the last `layers` blocks' outputs (`probe.layers`)."""
     sums: np.ndarray | None = None
     counts = np.zeros(len(logmels))
-    for clip, emb, _ in _encoded_chunks(encoder, logmels, frames, batch_size):
+    for clip, emb, _ in _encoded_chunks(encoder, logmels, frames, batch_size, layers):
         if sums is None:
             sums = np.zeros((len(logmels), emb.shape[1]), np.float64)
         sums[clip] += emb.mean(0)
@@ -119,7 +137,8 @@ class Encoder:
 
     def scene(self, waves: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
         lms = [self.logmel(w) for w in waves]
-        return clip_embeddings(self.vit, lms, self.recipe.frontend.frames, batch_size)
+        fe, layers = self.recipe.frontend, self.recipe.probe.layers
+        return clip_embeddings(self.vit, lms, fe.frames, batch_size, layers)
 
     def timestamps(
         self, waves: Sequence[np.ndarray], batch_size: int = 64
@@ -128,7 +147,8 @@ class Encoder:
         lms = [self.logmel(w) for w in waves]
         pt = self.recipe.encoder.patch[1]
         out = []
-        for emb, first in frame_embeddings(self.vit, lms, self.recipe.frontend.frames, batch_size):
+        fe, layers = self.recipe.frontend, self.recipe.probe.layers
+        for emb, first in frame_embeddings(self.vit, lms, fe.frames, batch_size, layers):
             out.append((emb, (first + pt / 2) * self.hop_ms))
         return out
 

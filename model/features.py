@@ -133,22 +133,60 @@ def corpus_normalizer(sets: list[FeatureSet]) -> Normalizer:
     return Normalizer(float(mean), float(np.sqrt(max(sq / n - mean * mean, 1e-12))))
 
 
+SAMPLINGS = ("time", "clip", "source")
+
+
 class CropSampler:
     """Random fixed-length crops from a corpus; shorter clips are zero-padded after
-    normalisation (zero is the corpus mean)."""
+    normalisation (zero is the corpus mean).
 
-    def __init__(self, sets: list[FeatureSet], frames: int, norm: Normalizer, seed: int):
+    `sampling` decides which clip a crop comes from; the crop's start is then uniform over the
+    clip. `time` (the default): in proportion to the clip's frames, so every frame of the corpus
+    is equally likely to be cropped and a short clip (mostly padding once cropped) is drawn as
+    rarely as its length says. `clip`: every clip equally, whatever its length (a corpus of
+    many short clips then trains mostly on padding). `source`: each feature set (corpus entry)
+    an equal share, by time within it. `padding_share` counts the padded input frames drawn.
+    """
+
+    def __init__(
+        self,
+        sets: list[FeatureSet],
+        frames: int,
+        norm: Normalizer,
+        seed: int,
+        sampling: str = "time",
+    ):
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"unknown sampling {sampling!r}; known: {SAMPLINGS}")
         self.sets = sets
         self.frames = frames
         self.norm = norm
+        self.sampling = sampling
         self.rng = np.random.default_rng(seed)
         self.index = [(si, ci) for si, s in enumerate(sets) for ci in range(len(s))]
         if not self.index:
             raise ValueError("the pretraining corpus is empty")
+        lengths = np.concatenate([np.diff(s.offsets) for s in sets]).astype(np.float64)
+        set_of = np.concatenate([np.full(len(s), i) for i, s in enumerate(sets)])
+        if sampling == "clip":
+            weights = np.ones_like(lengths)
+        elif sampling == "time":
+            weights = lengths
+        else:  # source: each set sums to one, by time within it
+            weights = lengths / np.bincount(set_of, lengths)[set_of]
+        self.cum = np.cumsum(weights / weights.sum())
+        self.cum[-1] = 1.0  # rounding must never let a draw fall past the last clip
+        self.frames_drawn = 0
+        self.frames_padded = 0
+
+    @property
+    def padding_share(self) -> float:
+        """Share of the input frames drawn so far that were padding."""
+        return self.frames_padded / max(1, self.frames_drawn)
 
     def batch(self, size: int) -> torch.Tensor:
         """(B, 1, n_mels, frames) float32."""
-        picks = self.rng.integers(0, len(self.index), size)
+        picks = np.searchsorted(self.cum, self.rng.random(size), side="right")
         n_mels = self.sets[0].frames.shape[1]
         out = np.zeros((size, 1, n_mels, self.frames), np.float32)
         for b, p in enumerate(picks):
@@ -160,4 +198,6 @@ class CropSampler:
             length = min(n, self.frames)
             crop = np.asarray(s.frames[start : start + length], np.float32).T
             out[b, 0, :, :length] = self.norm(crop)
+            self.frames_padded += self.frames - length
+        self.frames_drawn += size * self.frames
         return torch.from_numpy(out)

@@ -75,10 +75,13 @@ def train_step_flops(recipe: RecipeConfig) -> StepFlops:
         + 2 * n_tgt * pred.width * enc.width  # back to the encoder's width, targets only
     )
     b = recipe.train.batch_size
+    m = recipe.mask.per_crop  # masks per crop: the context and predictor run once per mask,
+    # the full-input target encoder once per crop, the targets-only one once per mask
+    tm = 1 if recipe.target.branch == "full-input" else m
     return StepFlops(
-        context=b * (3 * blocks(n_ctx) + 2 * n_all * patch),
-        predictor=3 * b * predictor,
-        target=b * (blocks(target_tokens) + n_all * patch),
+        context=b * m * (3 * blocks(n_ctx) + 2 * n_all * patch),
+        predictor=3 * b * m * predictor,
+        target=b * tm * (blocks(target_tokens) + n_all * patch),
         context_tokens=n_ctx,
         target_tokens=n_tgt,
     )

@@ -14,14 +14,16 @@ from model.masks import Masks, apply_masks
 from model.vit import Block, ViT, init_weights, sincos_2d
 
 BRANCHES = ("targets-only", "full-input")
-TARGET_NORMS = ("none", "layer", "instance", "batch")
+TARGET_NORMS = ("none", "layer", "instance", "batch", "position")
 LOSSES = ("l2", "smooth_l1", "cosine")
 
 
 class StepOutput(NamedTuple):
-    loss: torch.Tensor  # scalar
-    targets: torch.Tensor  # (B, Nt, D) normalised target features
-    context: torch.Tensor  # (B, Nc, D) context encoder output
+    loss: torch.Tensor  # scalar: the prediction loss plus the weighted anti-collapse terms
+    targets: torch.Tensor  # (B*M, Nt, D) normalised target features (M masks per crop)
+    context: torch.Tensor  # (B*M, Nc, D) context encoder output
+    raw_targets: torch.Tensor  # (B*M, Nt, D) target features before normalisation
+    prediction_loss: torch.Tensor  # scalar: the loss of the predictions alone
 
 
 class Predictor(nn.Module):
@@ -52,7 +54,9 @@ class Predictor(nn.Module):
         return self.out(self.norm(h[:, ctx.shape[1] :]))  # (B, Nt, D)
 
 
-def normalise_targets(h: torch.Tensor, cfg: TargetConfig) -> torch.Tensor:
+def normalise_targets(
+    h: torch.Tensor, cfg: TargetConfig, positions: torch.Tensor | None = None, tokens: int = 0
+) -> torch.Tensor:
     """h (B, N, D) -> normalised targets.
 
     `layer` standardises each token over its channels (Riou et al.); it leaves a component
@@ -69,9 +73,40 @@ def normalise_targets(h: torch.Tensor, cfg: TargetConfig) -> torch.Tensor:
         mean = h.mean((0, 1), keepdim=True)
         var = h.var((0, 1), keepdim=True, unbiased=False)
         return (h - mean) / torch.sqrt(var + 1e-6)
+    if cfg.norm == "position":
+        return _position_norm(h, positions, tokens)
     if cfg.norm == "none":
         return h
     raise ValueError(f"unknown target norm {cfg.norm!r}")
+
+
+def _position_norm(h: torch.Tensor, positions: torch.Tensor | None, tokens: int) -> torch.Tensor:
+    """Each channel centred on its batch mean at the token's own grid position, then scaled
+    by its spread over the batch's tokens. What the predictor could guess from the position
+    alone (the positional embedding, a direction shared by every clip) is taken out of the
+    targets, so only what depends on the clip's content is left to predict. `positions`
+    (B, N) are the grid indices of h's tokens (all of them in order when None)."""
+    b, n, d = h.shape
+    if positions is None:
+        positions = torch.arange(n, device=h.device).expand(b, n)
+        tokens = n
+    flat, pos = h.reshape(-1, d), positions.reshape(-1)
+    sums = torch.zeros(tokens, d, dtype=h.dtype, device=h.device).index_add_(0, pos, flat)
+    counts = torch.bincount(pos, minlength=tokens).clamp_min(1).unsqueeze(1)
+    centred = flat - (sums / counts)[pos]
+    var = centred.var(0, unbiased=False, keepdim=True)
+    return (centred / torch.sqrt(var + 1e-6)).reshape(b, n, d)
+
+
+def variance_covariance(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VICReg's terms on embeddings z (B, D): the mean hinge max(0, 1 - std) of each channel
+    across the batch (zero once every channel spreads), and the sum of squared off-diagonal
+    covariances divided by D (zero once the channels decorrelate)."""
+    z = z.float() - z.float().mean(0)
+    var = F.relu(1.0 - torch.sqrt(z.var(0) + 1e-4)).mean()
+    cov = (z.T @ z) / max(1, z.shape[0] - 1)
+    off = cov - torch.diag(torch.diag(cov))
+    return var, off.pow(2).sum() / z.shape[1]
 
 
 def jepa_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
@@ -102,20 +137,33 @@ class JEPA(nn.Module):
         return self.encoder.grid
 
     def forward(self, x: torch.Tensor, masks: Masks) -> StepOutput:
-        tc = self.recipe.target
+        """x (B, 1, M, T); masks for B * mask.per_crop samples: the masks of crop b are rows
+        b * per_crop .. (b + 1) * per_crop - 1."""
+        tc, lc = self.recipe.target, self.recipe.loss
+        per_crop = masks.context.shape[0] // x.shape[0]
+        xs = x.repeat_interleave(per_crop, 0) if per_crop > 1 else x  # (B*M, 1, M, T)
         with torch.no_grad():
             if tc.branch == "full-input":
-                # I-JEPA: the target encoder sees the whole input; targets are selected in the
-                # latent space, after normalisation over all tokens of the clip.
-                full = self.target_encoder(x, top_k=tc.top_k)
-                tgt = apply_masks(normalise_targets(full.float(), tc), masks.target)
+                # I-JEPA: the target encoder sees the whole input, once per crop whatever the
+                # number of masks; targets are selected in the latent space, after
+                # normalisation over all tokens of the clip.
+                full = self.target_encoder(x, top_k=tc.top_k).float()
+                if per_crop > 1:
+                    full = full.repeat_interleave(per_crop, 0)
+                raw = apply_masks(full, masks.target)
+                tgt = apply_masks(normalise_targets(full, tc), masks.target)
             else:
                 # Targets-only (M2D, Riou et al.): the target encoder sees the target patches.
-                tgt = self.target_encoder(x, keep=masks.target, top_k=tc.top_k)
-                tgt = normalise_targets(tgt.float(), tc)
-        ctx = self.encoder(x, keep=masks.context)  # (B, Nc, D)
-        pred = self.predictor(ctx, masks)  # (B, Nt, D)
-        return StepOutput(jepa_loss(pred.float(), tgt, self.recipe.loss), tgt, ctx)
+                raw = self.target_encoder(xs, keep=masks.target, top_k=tc.top_k).float()
+                tgt = normalise_targets(raw, tc, masks.target, self.encoder.num_tokens)
+        ctx = self.encoder(xs, keep=masks.context)  # (B*M, Nc, D)
+        pred = self.predictor(ctx, masks)  # (B*M, Nt, D)
+        pred_loss = jepa_loss(pred.float(), tgt, lc)
+        loss = pred_loss
+        if lc.var_weight or lc.cov_weight:
+            var, cov = variance_covariance(ctx.mean(1))
+            loss = loss + lc.var_weight * var + lc.cov_weight * cov
+        return StepOutput(loss, tgt, ctx, raw, pred_loss.detach())
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

@@ -22,11 +22,16 @@ from model.vit import ViT
 
 
 def embed_clips(
-    encoder: ViT, fs: FeatureSet, norm: Normalizer, frames: int, batch_size: int = 64
+    encoder: ViT,
+    fs: FeatureSet,
+    norm: Normalizer,
+    frames: int,
+    batch_size: int = 64,
+    layers: int = 1,
 ) -> np.ndarray:
     """(n_clips, F'*D) clip embeddings of a feature set (see `model.embed`)."""
     logmels = [norm(np.asarray(fs.clip(i), np.float32)) for i in range(len(fs))]
-    return clip_embeddings(encoder, logmels, frames, batch_size)
+    return clip_embeddings(encoder, logmels, frames, batch_size, layers)
 
 
 def logmel_stats(fs: FeatureSet, norm: Normalizer) -> np.ndarray:
@@ -38,13 +43,27 @@ def logmel_stats(fs: FeatureSet, norm: Normalizer) -> np.ndarray:
     return np.stack(rows).astype(np.float32)
 
 
+PROTOCOLS = ("cv", "split")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-clip test predictions of one task, in the order of the clips scored: what the
+    reports pair clip by clip and fold by fold."""
+
+    folds: np.ndarray  # (n,) int: the fold that tested the clip (0 for a fixed test split)
+    truth: np.ndarray  # (n,) str
+    pred: np.ndarray  # (n,) str
+
+
 @dataclass(frozen=True)
 class ProbeResult:
-    accuracy: float  # test
+    accuracy: float  # test (over every clip tested, all folds pooled)
     macro_f1: float  # test
     val_accuracy: float  # at the chosen regularisation; what model selection may read
-    c: float  # regularisation chosen on validation
+    c: float  # regularisation chosen on validation (the median over folds under CV)
     seconds: float
+    predictions: Predictions | None = None
 
 
 def _fit_logistic(
@@ -78,6 +97,97 @@ def _fit_logistic(
     return w.detach()
 
 
+def _standardise(x_train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
+    mean = x_train.mean(0)
+    std = x_train.std(0)
+    std[std == 0] = 1.0
+    return [torch.from_numpy(((a - mean) / std).astype(np.float32)) for a in (x_train, *others)]
+
+
+def _walk_c(
+    xt: torch.Tensor,
+    y_train: np.ndarray,
+    xv: torch.Tensor,
+    y_val: np.ndarray,
+    xs: torch.Tensor,
+    c_grid: tuple[float, ...],
+    start: torch.Tensor | None = None,
+) -> tuple[float, float, np.ndarray, torch.Tensor]:
+    """Fit the C grid from the strongest regularisation up, each fit warm-started from the
+    previous one (the first from `start`, when its shape fits); returns (validation accuracy,
+    C, test predictions) of the C that validated best (ties keep the stronger
+    regularisation), and the first fit's weights. The walk stops at the first C that
+    validates worse than the best so far. Labels are class names (str arrays)."""
+    classes = sorted(set(y_train.tolist()))
+    index = {k: i for i, k in enumerate(classes)}
+    yt = torch.tensor([index[k] for k in y_train.tolist()])
+    names = np.asarray(classes)
+    best: tuple[float, float, np.ndarray] | None = None
+    w = start if start is not None and start.shape == (xt.shape[1] + 1, len(classes)) else None
+    first = None
+    with torch.enable_grad():
+        for c in sorted(c_grid):
+            w = _fit_logistic(xt, yt, len(classes), c, w)
+            first = w if first is None else first
+            val = float(np.mean(names[(xv @ w[:-1] + w[-1]).argmax(1).numpy()] == y_val))
+            if best is None or val > best[0]:
+                best = (val, c, names[(xs @ w[:-1] + w[-1]).argmax(1).numpy()])
+            elif val < best[0]:
+                # Past the peak: weaker regularisation only overfits more, and its fits are
+                # the slowest to converge.
+                break
+    assert best is not None and first is not None
+    return (*best, first)
+
+
+def cv_folds(labels: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+    """(n,) fold of each clip, 0..k-1: grouped (a group never straddles two folds) and
+    stratified by class as far as the groups allow; deterministic (a fixed shuffle seed)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = len(set(groups.tolist()))
+    if n_groups < k:
+        raise ValueError(f"{n_groups} groups cannot fill {k} folds")
+    folds = np.zeros(len(labels), np.int64)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0)
+    for i, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        folds[test] = i
+    return folds
+
+
+def cv_probe(
+    x: np.ndarray, y: list[str], folds: np.ndarray, c_grid: tuple[float, ...]
+) -> ProbeResult:
+    """Cross-validated linear probe: each fold is the test fold once; the next fold (cyclic)
+    is its validation fold, which chooses C among fits on the remaining folds. So every clip
+    is tested exactly once, by a model that never saw it, with a C that never saw it either.
+    The chosen fit is used as is (no refit on train + validation): what validation picked is
+    what is tested."""
+    t0 = time.perf_counter()
+    labels = np.asarray(y)
+    k = int(folds.max()) + 1
+    pred = np.empty(len(labels), dtype=object)
+    vals, cs = [], []
+    w0 = None  # the folds' solutions are close: each fold's walk starts from the last one's
+    for f in range(k):
+        test, val = folds == f, folds == (f + 1) % k
+        train = ~(test | val)
+        xt, xv, xs = _standardise(x[train], x[val], x[test])
+        v, c, p, w0 = _walk_c(xt, labels[train], xv, labels[val], xs, c_grid, w0)
+        pred[test] = p
+        vals.append(v)
+        cs.append(c)
+    pred = pred.astype(str)
+    return ProbeResult(
+        accuracy=float(accuracy_score(labels, pred)),
+        macro_f1=float(f1_score(labels, pred, average="macro")),
+        val_accuracy=float(np.mean(vals)),
+        c=float(np.median(cs)),
+        seconds=time.perf_counter() - t0,
+        predictions=Predictions(folds.astype(np.int64), labels, pred),
+    )
+
+
 def linear_probe(
     x_train: np.ndarray,
     y_train: list[str],
@@ -96,32 +206,16 @@ def linear_probe(
     predictions of every C are kept, so the chosen one needs no refit.
     """
     t0 = time.perf_counter()
-    mean = x_train.mean(0)
-    std = x_train.std(0)
-    std[std == 0] = 1.0
-    xt, xv, xs = (
-        torch.from_numpy(((a - mean) / std).astype(np.float32)) for a in (x_train, x_val, x_test)
-    )
-    classes = sorted(set(y_train))
-    index = {k: i for i, k in enumerate(classes)}
-    yt = torch.tensor([index[k] for k in y_train])
-    names = np.asarray(classes)
-    best: tuple[float, float, np.ndarray] | None = None  # (val accuracy, C, test predictions)
-    w = None
-    with torch.enable_grad():
-        for c in sorted(c_grid):
-            w = _fit_logistic(xt, yt, len(classes), c, w)
-            val = float(np.mean(names[(xv @ w[:-1] + w[-1]).argmax(1).numpy()] == y_val))
-            if best is None or val > best[0]:  # ties keep the stronger regularisation
-                best = (val, c, names[(xs @ w[:-1] + w[-1]).argmax(1).numpy()])
-    assert best is not None
-    val, c, pred = best
+    xt, xv, xs = _standardise(x_train, x_val, x_test)
+    val, c, pred, _ = _walk_c(xt, np.asarray(y_train), xv, np.asarray(y_val), xs, c_grid)
+    truth = np.asarray(y_test)
     return ProbeResult(
         accuracy=float(accuracy_score(y_test, pred)),
         macro_f1=float(f1_score(y_test, pred, average="macro")),
         val_accuracy=float(val),
         c=float(c),
         seconds=time.perf_counter() - t0,
+        predictions=Predictions(np.zeros(len(truth), np.int64), truth, np.asarray(pred)),
     )
 
 

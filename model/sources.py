@@ -480,10 +480,16 @@ def _run_stdout(args: list[str]) -> bytes:
     return subprocess.run(args, capture_output=True, check=True, timeout=60).stdout
 
 
-from model.corpus import ZeroADLongform  # noqa: E402  (corpus.py imports RawClip from here)
+from model.corpus import (  # noqa: E402  (corpus.py imports RawClip from here)
+    AsteriskSpeech,
+    WesnothMusic,
+    ZeroADLongform,
+)
 
 TASKS: dict[str, TaskSource] = {
     "corpus-0ad": ZeroADLongform(),
+    "corpus-wesnoth": WesnothMusic(),
+    "corpus-speech": AsteriskSpeech(),
     "env-sfx": ZeroADEffects(),
     "music-family": SoundFontNotes(),
     "speech-speaker": FilletsSpeakers(),

@@ -1,4 +1,5 @@
-"""Pretraining loop: AdamW, warmup + cosine, EMA target, bf16 autocast on capable hardware.
+"""Pretraining loop: AdamW, warmup + cosine, EMA target; the precision (fp32 or bf16 autocast)
+and attention kernel chosen by measurement on the machine (model/precision.py).
 
 `train(recipe, sampler, seed)` returns the model and a `TrainResult` whose history holds one
 record per step (loss, learning rate, momentum, gradient norm) and, every `log_every` steps, the
@@ -20,30 +21,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from model.config import RecipeConfig
+from model.datasets import resolve_data_root
 from model.features import CropSampler
 from model.jepa import JEPA, StepOutput
 from model.masks import Masks, sample_masks
+from model.precision import STEPS, Choice, StepTimer, choose, use_attention
 from model.schedules import lr_at, momentum_at
 
 OnLog = Callable[[dict[str, float]], None]
 OnEval = Callable[[int, JEPA], bool | None]
-
-
-@cache
-def cpu_has_bf16() -> bool:
-    """bf16 autocast pays on CPUs with native bf16 dot products; elsewhere it is slower."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -51,14 +43,6 @@ def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def use_bf16(enabled: bool, device: torch.device) -> bool:
-    if not enabled:
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_bf16()
 
 
 @dataclass
@@ -71,6 +55,11 @@ class TrainResult:
     stopped: str | None = None  # reason, when the evaluation hook ended training early
     resumed_from: int = 0  # the step a checkpoint resumed at (0: from scratch)
     data_wait_s: float = 0.0  # time the training loop spent waiting for a batch
+    # What the steps ran with (model/precision.py): fp32 | bf16, or "bf16+fp32" for a trial
+    # resumed on a machine that could not keep its precision; explicit | sdpa attention.
+    precision: str = ""
+    attention: str = ""
+    padding_share: float = 0.0  # share of the input frames drawn that were padding
 
 
 class Batches:
@@ -105,7 +94,11 @@ class Batches:
                     x = sampler.batch(tc.batch_size)
                     state = json.dumps(sampler.rng.bit_generator.state)
                     m = sample_masks(
-                        tc.batch_size, grid, recipe.mask, seed * 1_000_003 + step, step / tc.steps
+                        tc.batch_size * recipe.mask.per_crop,
+                        grid,
+                        recipe.mask,
+                        seed * 1_000_003 + step,
+                        step / tc.steps,
                     )
                     if pin:
                         x, m = x.pin_memory(), m.pin_memory()
@@ -138,6 +131,52 @@ class Batches:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+COLLAPSE_CROPS = 256  # the fixed crops the collapse signals are measured on
+COLLAPSE_POINTS = 5  # measurements over a run, besides step 0 (the random init) and the end
+COLLAPSE_SEED = 20241128  # the same crops for every trial of a corpus
+
+
+def collapse_crops(sampler: CropSampler) -> torch.Tensor:
+    """A fixed set of crops of the sampler's corpus, drawn by time with a fixed seed."""
+    fixed = CropSampler(sampler.sets, sampler.frames, sampler.norm, COLLAPSE_SEED, "time")
+    return fixed.batch(COLLAPSE_CROPS)
+
+
+def _token_cosines(h: torch.Tensor) -> tuple[float, float]:
+    """Mean cosine similarity of tokens h (B, N, D), after a per-token layer norm: between two
+    clips at the same position, and between two positions of the same clip. Near 1 when every
+    token points the same way (the shared direction a per-token norm cannot remove)."""
+    z = F.normalize(F.layer_norm(h.float(), h.shape[-1:]), dim=-1)
+    b, n, _ = z.shape
+    across_clips = (z.sum(0).pow(2).sum(-1) - b) / (b * (b - 1))  # (N,)
+    across_positions = (z.sum(1).pow(2).sum(-1) - n) / (n * (n - 1))  # (B,)
+    return float(across_clips.mean()), float(across_positions.mean())
+
+
+@torch.inference_mode()
+def collapse_signals(model: JEPA, crops: torch.Tensor, batch: int = 64) -> dict[str, float]:
+    """Collapse signals of both encoders on fixed crops: the effective rank of the clip
+    embeddings (mean over tokens; its ceiling is min(crops - 1, width)) and the token cosines.
+    At step 0 they are those of the random-init encoder."""
+    out = {}
+    dev = next(model.parameters()).device
+    for name, enc in (("context", model.encoder), ("target", model.target_encoder)):
+        was = enc.training
+        enc.eval()
+        pooled, clips, positions = [], [], []
+        for i in range(0, len(crops), batch):
+            h = enc(crops[i : i + batch].to(dev)).float()  # (b, N, D)
+            pooled.append(h.mean(1))
+            c, p = _token_cosines(h)
+            clips.append(c * len(h))
+            positions.append(p * len(h))
+        enc.train(was)
+        out[f"rank.{name}"] = effective_rank(torch.cat(pooled))
+        out[f"cos.{name}.clips"] = sum(clips) / len(crops)
+        out[f"cos.{name}.positions"] = sum(positions) / len(crops)
+    return out
 
 
 def effective_rank(x: torch.Tensor) -> float:
@@ -179,6 +218,7 @@ def save_checkpoint(
         "history": result.history,
         "sampler_rng": rng_state,
         "wall_s": result.wall_s,
+        "precision": result.precision,
         "config": json.dumps(dataclasses.asdict(model.recipe)),  # what built these weights
         "normalizer": [sampler.norm.mean, sampler.norm.std],  # what the inputs were scaled by
     }
@@ -198,6 +238,7 @@ def load_checkpoint(
     result.steps = result.resumed_from = int(state["step"])
     result.history = list(state["history"])
     result.wall_s = float(state["wall_s"])
+    result.precision = str(state.get("precision", ""))  # absent in checkpoints before it
 
 
 def train_step(
@@ -214,10 +255,66 @@ def train_step(
         out = model(x, masks)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+    # The norm alone: clip_grad_norm_ with an infinite bound would also multiply every
+    # gradient by 1.
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm(grads)
     opt.step()
     model.update_target(momentum)
     return out, torch.stack([out.loss.detach().float(), grad_norm.float()])
+
+
+def make_optimizer(model: JEPA, recipe: RecipeConfig, dev: torch.device) -> torch.optim.AdamW:
+    """AdamW over the online parameters; the fused kernel on CPU and CUDA (one call for every
+    tensor: on CPU about 8x faster than the per-tensor loop, the same update)."""
+    tc = recipe.train
+    fused = True if dev.type in ("cpu", "cuda") else None
+    return torch.optim.AdamW(
+        param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.95), fused=fused
+    )
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def step_timer(recipe: RecipeConfig, dev: torch.device) -> StepTimer:
+    """Seconds per training step of `recipe` under a candidate precision and kernel, for
+    `model.precision.choose`: a separate model on random crops and one fixed mask draw, each
+    candidate warmed up by one untimed step. Built on first use (nothing is built when a kept
+    choice answers); the global RNG is left as it was."""
+    bench: dict = {}
+    warm: set[Choice] = set()
+
+    def build() -> None:
+        torch.manual_seed(0)
+        model = JEPA(recipe).to(dev).train()
+        b, fe = recipe.train.batch_size, recipe.frontend
+        x = torch.randn(b, 1, fe.n_mels, fe.frames)
+        m = sample_masks(b * recipe.mask.per_crop, model.grid, recipe.mask, 0, 0.5)
+        bench.update(model=model, opt=make_optimizer(model, recipe, dev), x=x.to(dev), m=m.to(dev))
+
+    def time_step(c: Choice) -> float:
+        with torch.random.fork_rng(devices=[]):
+            if not bench:
+                build()
+            use_attention(bench["model"], c.attention)
+
+            def step() -> None:
+                train_step(bench["model"], bench["opt"], bench["x"], bench["m"], 0.996, c.bf16)
+
+            if c not in warm:  # a candidate's first step pays for its allocations
+                step()
+                warm.add(c)
+            _sync(dev)
+            t = time.perf_counter()
+            for _ in range(STEPS):
+                step()
+            _sync(dev)
+            return (time.perf_counter() - t) / STEPS
+
+    return time_step
 
 
 def train(
@@ -241,13 +338,21 @@ def train(
     torch.manual_seed(seed)
     model = JEPA(recipe).to(dev)
     cuda = dev.type == "cuda"
-    opt = torch.optim.AdamW(
-        param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.95), fused=cuda or None
-    )
-    bf16 = use_bf16(tc.bf16, dev)
+    opt = make_optimizer(model, recipe, dev)
     result = TrainResult()
     if checkpoint is not None and checkpoint.exists():
         load_checkpoint(checkpoint, model, opt, sampler, result)
+    before = result.precision  # what a resumed trial ran with so far; "" from scratch
+    last = before.rsplit("+", 1)[-1] or None
+    timings = resolve_data_root(recipe.data.cache) / "timings"
+    choice = choose(tc.precision, recipe, dev, step_timer(recipe, dev), timings, keep=last)
+    use_attention(model, choice.attention)
+    bf16 = choice.bf16
+    if last is not None and last != choice.precision:
+        result.precision = f"{before}+{choice.precision}"  # resumed in another precision
+    elif not before:
+        result.precision = choice.precision
+    result.attention = choice.attention
     first_loss = result.history[0]["loss"] if result.history else None
     pending: list[tuple[dict[str, float], torch.Tensor]] = []  # records awaiting their values
 
@@ -279,6 +384,8 @@ def train(
         pending.clear()
         return True
 
+    crops = collapse_crops(sampler)
+    collapse_every = max(1, tc.steps // COLLAPSE_POINTS)
     t0 = time.perf_counter() - result.wall_s
     samples_before = result.steps * tc.batch_size
     t_start = time.perf_counter()
@@ -300,8 +407,15 @@ def train(
             if logged:
                 pooled = out.targets.detach().float().mean(1)  # (B, D)
                 rec["target_std"] = float(pooled.std(0).mean())
-                rec["target_rank"] = effective_rank(pooled)
-                rec["context_rank"] = effective_rank(out.context.detach().float().mean(1))
+                # Rank of the target tokens before normalisation (ceiling: the width).
+                raw = out.raw_targets.detach().reshape(-1, out.raw_targets.shape[-1])
+                rec["target_token_rank"] = effective_rank(raw[:: max(1, len(raw) // 2048)])
+                if recipe.loss.var_weight or recipe.loss.cov_weight:
+                    rec["prediction_loss"] = float(out.prediction_loss)
+            if step % collapse_every == 0 or last:
+                model.eval()
+                rec.update(collapse_signals(model, crops))
+                model.train()
             every = tc.checkpoint_every
             saving = checkpoint is not None and every and (step + 1) % every == 0
             evaluating = on_eval is not None and tc.eval_every and (step + 1) % tc.eval_every == 0
@@ -321,6 +435,7 @@ def train(
     finally:
         batches.close()
     result.data_wait_s = batches.wait_s
+    result.padding_share = sampler.padding_share
     result.wall_s = time.perf_counter() - t0
     ran = result.steps * tc.batch_size - samples_before
     result.samples_per_s = ran / max(time.perf_counter() - t_start, 1e-9)

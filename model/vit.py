@@ -25,17 +25,37 @@ def sincos_2d(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     return emb.float()
 
 
+# How attention's softmax(q k^T / sqrt(d)) v is computed; the same maths either way.
+ATTENTION_KERNELS = ("explicit", "sdpa")
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    """Multi-head self-attention without masking.
+
+    `kernel` chooses the computation: "explicit" is two batched matrix products around a
+    softmax, "sdpa" is torch's fused `scaled_dot_product_attention`. Which is faster depends on
+    the device and the precision: on CPUs with native bf16, SDPA's CPU kernel is slower than
+    the two products at these sequence lengths (65 tokens or fewer). So training measures it
+    per machine (model.precision) and sets it on every block; weights are the same either way.
+    """
+
+    def __init__(self, dim: int, heads: int, kernel: str = "sdpa"):
         super().__init__()
         self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.kernel = kernel
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, d/H)
+        q, k, v = qkv.unbind(0)  # (B, H, N, d/H); one stack in backward, not three adds
+        if self.kernel == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            weights = (q @ k.transpose(-2, -1) * self.scale).softmax(-1)  # (B, H, N, N)
+            y = weights @ v
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
 
 
@@ -117,9 +137,23 @@ class ViT(nn.Module):
             return acc / top_k
         return self.norm(h)
 
-    def frame_embeddings(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T', F'*D): per time step the frequency tokens concatenated (EVAR pooling input)."""
-        h = self.forward(x)  # (B, F*T, D)
-        b, _, d = h.shape
+    def frame_embeddings(
+        self, x: torch.Tensor, valid: int | None = None, layers: int = 1
+    ) -> torch.Tensor:
+        """(B, T', F'*D): per time step the frequency tokens concatenated (EVAR pooling input).
+
+        With `valid`, only the first `valid` time steps (those holding audio) are encoded and
+        returned: the padding after a short clip is left out of attention altogether, as the
+        context encoder leaves out masked tokens in training, so it cannot shape the tokens
+        that hold audio. `layers` > 1: the average of the last `layers` blocks' outputs, each
+        standardised per token (as `forward`'s top_k)."""
         f, t = self.grid
+        if valid is not None and valid < t:
+            keep = (torch.arange(f).unsqueeze(1) * t + torch.arange(valid)).reshape(1, -1)
+            keep = keep.expand(x.shape[0], -1).to(x.device)
+            h = self.forward(x, keep=keep, top_k=layers)  # (B, F*v, D)
+            t = valid
+        else:
+            h = self.forward(x, top_k=layers)  # (B, F*T, D)
+        b, _, d = h.shape
         return h.view(b, f, t, d).permute(0, 2, 1, 3).reshape(b, t, f * d)

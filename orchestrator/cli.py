@@ -62,6 +62,13 @@ def _say(msg: str) -> None:
     typer.echo(msg)
 
 
+def _reach_results(spec) -> None:  # noqa: ANN001
+    """The results database the file names answers; else one line naming the file."""
+    from orchestrator.prepare import check_storage
+
+    check_storage(spec, ("results",))
+
+
 @app.command()
 def run(
     experiments: Experiments = Path("experiments.yaml"),
@@ -83,6 +90,34 @@ def run(
             show_default=False,
         ),
     ] = None,
+    launcher: Annotated[
+        str | None,
+        typer.Option(
+            help="local: worker processes on this machine (the default); slurm: a job array "
+            "of workers on a Slurm cluster (docs/cluster.md). Overrides launcher.name.",
+            show_default=False,
+        ),
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="slurm: the partition.")] = None,
+    gpus_per_trial: Annotated[int | None, typer.Option(help="slurm: GPUs per worker.")] = None,
+    cpus_per_trial: Annotated[int | None, typer.Option(help="slurm: CPUs per worker.")] = None,
+    mem: Annotated[str | None, typer.Option(help="slurm: memory per worker, e.g. 16G.")] = None,
+    time_min: Annotated[
+        int | None, typer.Option(help="slurm: each worker's time limit in minutes.")
+    ] = None,
+    max_parallel: Annotated[
+        int | None, typer.Option(help="slurm: workers running at once (the array's %K).")
+    ] = None,
+    account: Annotated[str | None, typer.Option(help="slurm: the account to charge.")] = None,
+    qos: Annotated[str | None, typer.Option(help="slurm: the quality of service.")] = None,
+    sbatch: Annotated[
+        list[str] | None,
+        typer.Option(help="slurm: one more sbatch directive as key=value (repeatable)."),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(help="slurm: wait until the workers are done, then render the reports."),
+    ] = False,
 ) -> None:
     """Run every trial of a study that has not finished yet, then render its reports."""
     from orchestrator.grid import expand
@@ -90,6 +125,19 @@ def run(
 
     with user_errors():
         spec = load_spec(experiments, output)
+        spec = _launcher_flags(
+            spec,
+            name=launcher,
+            partition=partition,
+            gpus_per_trial=gpus_per_trial,
+            cpus_per_trial=cpus_per_trial,
+            mem=mem,
+            time_min=time_min,
+            max_parallel=max_parallel,
+            account=account,
+            qos=qos,
+            extra=tuple(sbatch or ()),
+        )
         trials = expand(spec)
         if not dry_run:
             check_size(spec, len(trials), yes)
@@ -97,6 +145,51 @@ def run(
             for t in trials:
                 _say(f"{t.key}  seed={t.seed}  {t.axis}={t.setting}")
             _say(f"{len(trials)} trials in study {spec.study}")
+            # What the planned design can detect, once earlier results give the noise.
+            url = spec.results_url
+            if not url.startswith("sqlite") or Path(url.removeprefix("sqlite:///")).exists():
+                from sqlalchemy.exc import SQLAlchemyError
+
+                from db.engine import make_engine
+                from orchestrator.grid import baseline_settings
+                from reports.plan import detectable_lines, planned_results
+
+                planned = planned_results(
+                    spec.study,
+                    spec.design,
+                    [a.name for a in spec.axes],
+                    [a.name for a in spec.crossed_axes] if spec.design == "factorial" else [],
+                    baseline_settings(spec),
+                    list(spec.baseline.probe.tasks),
+                    [
+                        dict(
+                            key=t.key,
+                            seed=t.seed,
+                            axis=t.axis,
+                            setting=t.setting,
+                            settings=t.settings,
+                        )
+                        for t in trials
+                    ],
+                )
+                try:
+                    lines = detectable_lines(make_engine(url), planned)
+                except SQLAlchemyError as e:
+                    lines = [
+                        f"minimum detectable effect: results not readable ({e.__class__.__name__})"
+                    ]
+                for line in lines:
+                    _say(line)
+            if spec.launcher.name == "slurm":
+                from orchestrator.slurm import batch_script
+
+                lc = spec.launcher
+                n = min(len(trials), lc.max_parallel or len(trials))
+                _say(f"would submit {n} worker(s) (fewer if some are queued), as:\n")
+                _say(batch_script(spec, n))
+            return
+        if spec.launcher.name == "slurm":
+            _run_slurm(spec, experiments, wait, report)
             return
         from orchestrator.runner import default_jobs, run_study, stop_on_sigterm
 
@@ -104,6 +197,11 @@ def run(
             jobs = default_jobs()
         if jobs < 1:
             raise AblError(f"--jobs {jobs}: use 1 or more worker processes")
+        from orchestrator.prepare import prepare_study
+
+        # Storage, output folder and data checked (and missing tasks prepared) before the
+        # study writes anything.
+        prepare_study(spec, _say)
         stop_on_sigterm()
         try:
             summary = run_study(spec, _say, jobs)
@@ -151,7 +249,16 @@ def worker(
                 spec, storage=dataclasses.replace(spec.storage, optuna=storage)
             )
         if study:
+            from orchestrator.spec import STUDY_NAME
+
+            if not STUDY_NAME.match(study):
+                raise AblError(
+                    f"--study {study!r}: a study name is letters, digits, '-', '_' or '.'"
+                )
             spec = dataclasses.replace(spec, study=study)
+        from orchestrator.prepare import prepare_study
+
+        prepare_study(spec, _say)
         st = open_study(spec)
         trials = expand(spec)
         reap_lost(st)
@@ -163,6 +270,39 @@ def worker(
             _say("stopped: the running trial was released; another worker resumes it")
             raise typer.Exit(130) from None
         _say(f"worker done: ran {ran}, failed {failed}")
+
+
+def _launcher_flags(spec, **flags):  # noqa: ANN001, ANN003, ANN202
+    """The spec with `abl run`'s launcher flags over the file's `launcher:` section."""
+    import dataclasses
+
+    from orchestrator.launcher import with_overrides
+
+    launcher = with_overrides(spec.launcher, spec.source, **flags)
+    return dataclasses.replace(spec, launcher=launcher)
+
+
+def _run_slurm(spec, experiments: Path, wait: bool, report: bool) -> None:  # noqa: ANN001
+    """Submit the workers the study lacks; with `wait`, follow them and render the reports."""
+    from orchestrator import slurm
+
+    slurm.submit(spec, _say)
+    if not wait:
+        _say(f"follow:  abl status {experiments}   stop: abl stop {experiments}")
+        return
+    slurm.wait(spec, _say)
+    from orchestrator.grid import expand
+    from orchestrator.ledger import Ledger
+
+    states = Ledger(spec.optuna_url, spec.study).states()
+    done = sum(
+        1 for t in expand(spec) if {"COMPLETE", "PRUNED"} & {s.name for s in states.get(t.key, [])}
+    )
+    _say(f"study {spec.study}: {done} of {len(expand(spec))} trials finished")
+    if report:
+        pages = _render(spec)
+        _attach_reports(spec, pages)
+        _say(f"report:  {pages[-1]}")
 
 
 def _attach_reports(spec, pages: list[Path]) -> None:  # noqa: ANN001
@@ -207,6 +347,7 @@ def report(
 
     with user_errors():
         spec = load_spec(experiments, output)
+        _reach_results(spec)
         if not Path(
             spec.results_url.removeprefix("sqlite:///")
         ).exists() and spec.results_url.startswith("sqlite"):
@@ -236,6 +377,7 @@ def status(experiments: Experiments = Path("experiments.yaml"), output: Output =
 
     with user_errors():
         spec = load_spec(experiments, output)
+        _reach_results(spec)
         engine = make_engine(spec.results_url)
         init_db(engine)
         counts = queries.status_counts(engine, spec.study)
@@ -256,6 +398,31 @@ def status(experiments: Experiments = Path("experiments.yaml"), output: Output =
         data = data_summary(spec, bank)
         clips = sum(d["clips"] for d in data.values())
         _say(f"data: {clips} clips in {len(data)} tasks; " + (skipped_line(data) or "none skipped"))
+        from orchestrator import slurm
+
+        for line in slurm.status_lines(spec, engine):  # the study's Slurm workers, if any
+            _say(line)
+
+
+@app.command()
+def stop(experiments: Experiments = Path("experiments.yaml"), output: Output = None) -> None:
+    """Cancel the study's Slurm workers: each releases its running trial (not counted as an
+    attempt; it resumes from its checkpoint on the next `abl run`)."""
+    from orchestrator import slurm
+    from orchestrator.spec import load_spec
+
+    with user_errors():
+        spec = load_spec(experiments, output)
+        if not slurm.submitted(spec):
+            raise AblError(f"{experiments}: study {spec.study} has submitted no Slurm workers")
+        cancelled = slurm.stop(spec)
+    if not cancelled:
+        _say(f"study {spec.study}: no worker queued or running")
+        return
+    _say(
+        f"cancelled {len(cancelled)} worker(s) of study {spec.study} ({', '.join(cancelled)}); "
+        f"their trials are released: `abl run {experiments}` resumes them"
+    )
 
 
 @app.command()
@@ -275,6 +442,7 @@ def export(
         if fmt not in ("csv", "parquet"):
             raise AblError(f"--format {fmt!r}: use csv or parquet")
         spec = load_spec(experiments, output)
+        _reach_results(spec)
         engine = make_engine(spec.results_url)
         init_db(engine)
         df = queries.export_frame(engine, spec.study)
@@ -415,7 +583,9 @@ def export_best(
     from orchestrator.spec import load_spec
 
     with user_errors():
-        b = run_export(load_spec(experiments, output), out)
+        spec = load_spec(experiments, output)
+        _reach_results(spec)
+        b = run_export(spec, out)
     tests = ", ".join(f"{t} {v:.3f}" for t, v in b.test_accuracy.items())
     _say(
         f"best: {b.axis}={b.setting} seed={b.seed} (key {b.key[:10]}), mean validation "

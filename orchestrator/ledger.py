@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import optuna
 from optuna.exceptions import StorageInternalError
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -43,7 +48,64 @@ GRACE_S = int(os.environ.get("ABL_GRACE_S", "60"))
 LOST = f"worker lost: no heartbeat for {GRACE_S} s"  # the reason a reaped attempt failed
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+JOURNAL = "journal://"  # journal:///shared/abl-out/optuna.journal: Optuna's journal file
+
+
+class JournalLedgerStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's journal file storage with the heartbeats abl reaps lost workers by, for a
+    shared filesystem that every node mounts (no database server). Optuna keeps heartbeats in
+    RDB storage only; here a beat is a trial system attribute holding the beating node's clock
+    (the nodes' clocks are assumed in step, as NTP keeps them on a cluster)."""
+
+    def __init__(self, path: str):
+        backend = JournalFileBackend(path, lock_obj=JournalFileOpenLock(path))
+        super().__init__(backend)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, "abl_heartbeat", time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = t.system_attrs.get("abl_heartbeat")
+            if beat is None:  # claimed but no beat yet: count from the claim
+                beat = t.datetime_start.timestamp() if t.datetime_start else now
+            if now - beat > GRACE_S:
+                stale.append(t._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return HEARTBEAT_S
+
+    def get_heartbeat_stale_trial_callback(self) -> None:
+        return None
+
+
+def open_journal(url: str) -> JournalLedgerStorage:
+    path = url.removeprefix(JOURNAL)
+    if not path.startswith("/"):
+        raise AblError(
+            f"Optuna storage {url!r}: a journal file needs an absolute path on the shared "
+            "filesystem, e.g. journal:///shared/abl-out/optuna.journal"
+        )
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalLedgerStorage(path)
+    except OSError as e:
+        raise AblError(
+            f"Optuna storage {url}: the journal file cannot be opened ({e.strerror}); check "
+            "`storage.optuna` in the experiments file and that its folder is writable"
+        ) from None
+
+
+def is_sqlite(storage: optuna.storages.BaseStorage) -> bool:
+    return isinstance(storage, RDBStorage) and storage.engine.dialect.name == "sqlite"
+
+
+def open_storage(url: str) -> RDBStorage | JournalLedgerStorage:
+    if url.startswith(JOURNAL):
+        return open_journal(url)
     kwargs = (
         {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     )
@@ -150,7 +212,7 @@ class Ledger:
         Optuna's own check reads the state with SELECT ... FOR UPDATE, which locks the row on
         PostgreSQL but not on SQLite: there two workers could both read WAITING and both run
         the trial. On SQLite the change is one compare-and-set UPDATE instead."""
-        if self.storage.engine.dialect.name != "sqlite":
+        if not is_sqlite(self.storage):
             try:
                 return self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -181,9 +243,20 @@ class Ledger:
     def record_params(
         self, claim: Claim, settings: dict[str, str], choices: dict[str, list[str]]
     ) -> None:
-        """Axis values as categorical params, so Optuna's importance tools can read them."""
+        """Axis values as categorical params, so Optuna's importance tools can read them.
+
+        Optuna keeps one distribution per param name in a study and refuses another: once an
+        axis' values were edited between runs, the trials of the new grid leave that axis out
+        of their params (their settings stay in the user attrs and the results table)."""
+        known: dict[str, optuna.distributions.BaseDistribution] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            for name, dist in t.distributions.items():
+                known.setdefault(name, dist)
         trial = optuna.Trial(self.study, claim.trial_id)
         for axis in settings:
+            dist = optuna.distributions.CategoricalDistribution(choices[axis])
+            if known.get(axis, dist) != dist:
+                continue
             # The value was fixed at enqueue time; suggesting records it with its distribution.
             trial.suggest_categorical(axis, choices[axis])
 

@@ -24,12 +24,12 @@ from threadpoolctl import threadpool_limits
 from db import queries
 from db.engine import init_db, make_engine, mask_url
 from model.config import FrontendConfig, RecipeConfig, TaskDef
-from model.datasets import PreparedTask, load_task, resolve_data_root
+from model.datasets import Clip, PreparedTask, load_task, resolve_data_root
 from model.embed import clip_embeddings
 from model.errors import AblError, no_room
 from model.features import CropSampler, FeatureSet, Normalizer, corpus_normalizer, load_features
 from model.flops import train_step_flops
-from model.probe import embed_clips, knn_accuracy, linear_probe, logmel_stats
+from model.probe import cv_folds, cv_probe, embed_clips, knn_accuracy, linear_probe, logmel_stats
 from model.train import train
 from model.vit import ViT
 from orchestrator.grid import (
@@ -62,19 +62,39 @@ class DataBank:
             self._tasks[name] = load_task(name, self.root, self.custom)
         return self._tasks[name]
 
+    def clips(self, name: str, split: str, limit: int | None) -> list[Clip]:
+        """The clips of a split, or with split "all" every labelled clip (each split's slice
+        under `limit`), sorted by file: the order cross-validation and stored predictions use."""
+        task = self.task(name)
+        if split != "all":
+            return task.split(split, limit)
+        return sorted(
+            (c for sp in ("train", "val", "test") for c in task.split(sp, limit)),
+            key=lambda c: c.file,
+        )
+
     def features(self, name: str, split: str, fe: FrontendConfig, limit: int | None) -> FeatureSet:
         k = (name, split, fe, limit)
         if k not in self._features:
-            task = self.task(name)
-            clips = task.split(split, limit)
+            clips = self.clips(name, split, limit)
             if not clips:
                 raise AblError(f"task {name!r} has no {split} clips; re-run `abl data prepare`")
-            self._features[k] = load_features(task, clips, fe, self.root)
+            self._features[k] = load_features(self.task(name), clips, fe, self.root)
         return self._features[k]
 
     def corpus(self, recipe: RecipeConfig) -> list[FeatureSet]:
         d = recipe.data
         return [self.features(t, "train", recipe.frontend, d.max_clips_per_class) for t in d.corpus]
+
+    def sampler(self, recipe: RecipeConfig, seed: int) -> CropSampler:
+        """Crops of the recipe's pretraining corpus, drawn as `data.sampling` says."""
+        return CropSampler(
+            self.corpus(recipe),
+            recipe.frontend.frames,
+            self.normalizer(recipe),
+            seed=seed,
+            sampling=recipe.data.sampling,
+        )
 
     def normalizer(self, recipe: RecipeConfig) -> Normalizer:
         k = (recipe.data.corpus, recipe.frontend, recipe.data.max_clips_per_class)
@@ -83,11 +103,25 @@ class DataBank:
         return self._norms[k]
 
 
+@dataclass(frozen=True)
+class TaskPredictions:
+    """Per-clip test predictions of one task, for the results database: `clips` index the
+    task's labelled clips sorted by file (Bank.clips(task, "all")), `groups` index its sorted
+    groups, so two trials' predictions pair clip by clip."""
+
+    clips: np.ndarray  # (n,) int
+    groups: np.ndarray  # (n,) int
+    folds: np.ndarray  # (n,) int
+    truth: np.ndarray  # (n,) str
+    pred: np.ndarray  # (n,) str
+
+
 @dataclass
 class ProbeScores:
     metrics: dict[tuple[str, str], float] = field(default_factory=dict)
     seconds: float = 0.0
     embed_s: float = 0.0  # of which computing embeddings
+    predictions: dict[str, TaskPredictions] = field(default_factory=dict)
 
     @property
     def mean_accuracy(self) -> float:
@@ -98,20 +132,59 @@ class ProbeScores:
 Features = Callable[[FeatureSet, str], np.ndarray]  # (feature set, "task-split") -> (n, dim)
 
 
+def task_folds(bank: DataBank, task: str, limit: int | None, k: int) -> np.ndarray:
+    """The cross-validation fold of each labelled clip of `task` (DataBank.clips order)."""
+    clips = bank.clips(task, "all", limit)
+    labels = np.asarray([c.label for c in clips])
+    groups = np.asarray([c.group for c in clips])
+    try:
+        return cv_folds(labels, groups, k)
+    except ValueError as e:
+        raise AblError(
+            f"task {task!r}: {e}; lower probe.folds or use probe.protocol: split"
+        ) from None
+
+
+def _indices(clips: list[Clip], all_clips: list[Clip]) -> tuple[np.ndarray, np.ndarray]:
+    """(clip index, group index) of `clips` within the task's labelled clips."""
+    pos = {c.file: i for i, c in enumerate(all_clips)}
+    group_ids = {g: i for i, g in enumerate(sorted({c.group for c in all_clips}))}
+    return (
+        np.asarray([pos[c.file] for c in clips], np.int64),
+        np.asarray([group_ids[c.group] for c in clips], np.int64),
+    )
+
+
 def score(features_of: Features, recipe: RecipeConfig, bank: DataBank) -> ProbeScores:
-    """Probe every task of the recipe with clip features from `features_of`."""
+    """Probe every task of the recipe with clip features from `features_of`, by the recipe's
+    protocol: cross-validation over every labelled clip (`cv`) or the fixed splits (`split`)."""
     t0 = time.perf_counter()
     out = ProbeScores()
     limit = recipe.data.max_clips_per_class
-    for task in recipe.probe.tasks:
-        xs, ys = [], []
+    pc = recipe.probe
+    for task in pc.tasks:
         t_embed = time.perf_counter()
-        for split in ("train", "val", "test"):
-            fs = bank.features(task, split, recipe.frontend, limit)
-            xs.append(features_of(fs, f"{task}-{split}"))
-            ys.append(list(fs.labels))
-        out.embed_s += time.perf_counter() - t_embed
-        r = linear_probe(xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], recipe.probe.c_grid)
+        all_clips = bank.clips(task, "all", limit)
+        if pc.protocol == "cv":
+            fs = bank.features(task, "all", recipe.frontend, limit)
+            x = features_of(fs, f"{task}-all")
+            out.embed_s += time.perf_counter() - t_embed
+            folds = task_folds(bank, task, limit, pc.folds)
+            r = cv_probe(x, list(fs.labels), folds, pc.c_grid)
+            tested = all_clips
+        else:
+            xs, ys = [], []
+            for split in ("train", "val", "test"):
+                fs = bank.features(task, split, recipe.frontend, limit)
+                xs.append(features_of(fs, f"{task}-{split}"))
+                ys.append(list(fs.labels))
+            out.embed_s += time.perf_counter() - t_embed
+            r = linear_probe(xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], pc.c_grid)
+            tested = bank.clips(task, "test", limit)
+        assert r.predictions is not None
+        clip_ids, group_ids = _indices(tested, all_clips)
+        p = r.predictions
+        out.predictions[task] = TaskPredictions(clip_ids, group_ids, p.folds, p.truth, p.pred)
         out.metrics[(task, "accuracy")] = r.accuracy
         out.metrics[(task, "macro_f1")] = r.macro_f1
         out.metrics[(task, "val_accuracy")] = r.val_accuracy
@@ -130,7 +203,8 @@ def encoder_features(
         path = cache / f"{name}-{fs.key}.npy" if cache is not None else None
         if path is not None and path.is_file():
             return np.load(path)
-        x = embed_clips(encoder, fs, norm, recipe.frontend.frames, recipe.probe.batch_size)
+        pc = recipe.probe
+        x = embed_clips(encoder, fs, norm, recipe.frontend.frames, pc.batch_size, pc.layers)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.stem}.partial-{os.getpid()}.npy")
@@ -316,12 +390,7 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
     t0 = time.perf_counter()
     knn: list[tuple[str, int, float]] = []  # the intermediate k-NN curve, for the reports
     try:
-        sampler = CropSampler(
-            st.bank.corpus(recipe),
-            recipe.frontend.frames,
-            st.bank.normalizer(recipe),
-            seed=trial.seed,
-        )
+        sampler = st.bank.sampler(recipe, trial.seed)
         data_s = time.perf_counter() - t0
         # The training state is checkpointed under the trial's key: a retried attempt (after a
         # crash or Ctrl-C) resumes where the last checkpoint left it.
@@ -408,15 +477,28 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
             ("train", "embed_s"): scores.embed_s,
             ("train", "probe_share"): scores.seconds / max(result.wall_s, 1e-9),
             ("train", "data_s"): data_s + result.data_wait_s,
+            ("train", "padding_share"): result.padding_share,
             ("train", "data_wait_share"): result.data_wait_s / max(result.wall_s, 1e-9),
         }
     )
     st.tracker.log_metrics(
         run_id, [(f"{t}.{m}", v, 0) for (t, m), v in metrics.items()] + [("wall_s", wall, 0)]
     )
+    # What train.precision: auto resolved to on this worker's machine, and the kernel.
+    st.tracker.set_tags(
+        run_id, {"abl.precision": result.precision, "abl.attention": result.attention}
+    )
     st.tracker.end_run(run_id, ok=True)
     queries.finish_trial(
-        st.engine, row, metrics, wall, run_id, curves=thin_curves(result.history) + knn
+        st.engine,
+        row,
+        metrics,
+        wall,
+        run_id,
+        curves=thin_curves(result.history) + knn,
+        predictions=scores.predictions,
+        precision=result.precision,
+        attention=result.attention,
     )
     if claim is not None:
         st.ledger.complete(claim, scores.mean_accuracy)
@@ -489,14 +571,14 @@ def intermediate_probe(st: Study, trial: TrialSpec, claim: Claim | None, run_id:
     train_lms = [norm(train_fs.clip(int(i))) for i in pick]
     train_y = [train_fs.labels[int(i)] for i in pick]
     val_lms = [norm(val_fs.clip(i)) for i in range(len(val_fs))]
-    frames, bs = recipe.frontend.frames, recipe.probe.batch_size
+    frames, bs, layers = recipe.frontend.frames, recipe.probe.batch_size, recipe.probe.layers
 
     def hook(step: int, model) -> bool:  # noqa: ANN001
         enc = probed_encoder(model, recipe)
         acc = knn_accuracy(
-            clip_embeddings(enc, train_lms, frames, bs),
+            clip_embeddings(enc, train_lms, frames, bs, layers),
             train_y,
-            clip_embeddings(enc, val_lms, frames, bs),
+            clip_embeddings(enc, val_lms, frames, bs, layers),
             list(val_fs.labels),
         )
         st.tracker.log_metrics(run_id, [(f"eval.{task}.knn", acc, step)])
@@ -547,9 +629,10 @@ def _fail(
 
 
 def run_references(st: Study, log: Log, share: tuple[int, int] = (0, 1)) -> None:
-    """Random-init encoder and log-mel statistics, once per study (per seed of the baseline).
-    `share` (i, n): the i-th of n workers runs every n-th seed's references, so local workers
-    split them (no two share a seed, so none runs twice)."""
+    """The references of a study: a random-init encoder of the baseline's shape per seed, and
+    log-mel statistics once (they have no seed: recorded with seed -1). `share` (i, n): the
+    i-th of n workers runs every n-th seed's random-init encoder, and the first worker the
+    log-mel statistics, so local workers split them and none runs twice."""
     recipe = st.spec.baseline
     norm = st.bank.normalizer(recipe)
     done = set(
@@ -558,46 +641,51 @@ def run_references(st: Study, log: Log, share: tuple[int, int] = (0, 1)) -> None
         )["key"]
     )
     part, parts = share
-    for seed in st.spec.seeds[part::parts]:
-        for name in ("random-init", "logmel-stats"):
-            key = "ref-" + trial_key(recipe, seed)[:12] + "-" + name
-            if key in done:
-                continue
-            t0 = time.perf_counter()
-            if name == "random-init":
-                torch.manual_seed(seed)
-                enc = ViT(recipe.encoder, recipe.frontend.n_mels, recipe.frontend.frames).eval()
-                scores = score(encoder_features(enc, recipe, norm), recipe, st.bank)
-            else:
-                scores = score(lambda fs, _name: logmel_stats(fs, norm), recipe, st.bank)
-            tags = {
-                "abl.role": "reference",
-                "abl.study": st.spec.study,
-                "abl.key": key,
-                "abl.seed": str(seed),
-                "abl.setting": name,
-            }
-            run_id = st.tracker.start_run(f"reference={name} seed={seed}", st.parent_run, tags, {})
-            st.tracker.log_metrics(
-                run_id, [(f"{t}.{m}", v, 0) for (t, m), v in scores.metrics.items()]
-            )
-            st.tracker.end_run(run_id, ok=True)
-            row = queries.start_trial(
-                st.engine,
-                st.study_id,
-                key,
-                seed,
-                "reference",
-                name,
-                {},
-                semantic_config(recipe),
-                st.worker,
-            )
-            queries.finish_trial(st.engine, row, scores.metrics, time.perf_counter() - t0, run_id)
-            accs = ", ".join(
-                f"{t} {v:.3f}" for (t, m), v in scores.metrics.items() if m == "accuracy"
-            )
-            log(f"  reference {name} seed={seed}: accuracy {accs}")
+    jobs = [(seed, "random-init") for seed in st.spec.seeds[part::parts]]
+    if part == 0:
+        jobs.append((-1, "logmel-stats"))
+    for seed, name in jobs:
+        key = "ref-" + trial_key(recipe, seed)[:12] + "-" + name
+        if key in done:
+            continue
+        t0 = time.perf_counter()
+        if name == "random-init":
+            torch.manual_seed(seed)
+            enc = ViT(recipe.encoder, recipe.frontend.n_mels, recipe.frontend.frames).eval()
+            scores = score(encoder_features(enc, recipe, norm), recipe, st.bank)
+        else:
+            scores = score(lambda fs, _name: logmel_stats(fs, norm), recipe, st.bank)
+        tags = {
+            "abl.role": "reference",
+            "abl.study": st.spec.study,
+            "abl.key": key,
+            "abl.seed": str(seed),
+            "abl.setting": name,
+        }
+        run_id = st.tracker.start_run(f"reference={name} seed={seed}", st.parent_run, tags, {})
+        st.tracker.log_metrics(run_id, [(f"{t}.{m}", v, 0) for (t, m), v in scores.metrics.items()])
+        st.tracker.end_run(run_id, ok=True)
+        row = queries.start_trial(
+            st.engine,
+            st.study_id,
+            key,
+            seed,
+            "reference",
+            name,
+            {},
+            semantic_config(recipe),
+            st.worker,
+        )
+        queries.finish_trial(
+            st.engine,
+            row,
+            scores.metrics,
+            time.perf_counter() - t0,
+            run_id,
+            predictions=scores.predictions,
+        )
+        accs = ", ".join(f"{t} {v:.3f}" for (t, m), v in scores.metrics.items() if m == "accuracy")
+        log(f"  reference {name} seed={seed}: accuracy {accs}")
 
 
 @dataclass(frozen=True)
@@ -715,6 +803,41 @@ def threads_per_worker(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
+def check_no_leak(spec: StudySpec, trials: list[TrialSpec]) -> None:
+    """Refuse, before anything is written, a cross-validated study whose pretraining corpus
+    holds audio of one of its probe tasks: under `probe.protocol: cv` every labelled clip is a
+    test clip once. The names are checked when the file is loaded; this compares the prepared
+    audio itself (by content hash), so a user's corpus folder that holds a copy of a probe
+    task's files is caught too. Tasks not prepared yet are checked once they are."""
+    bank = DataBank(resolve_data_root(spec.baseline.data.cache), spec.baseline.data.tasks)
+    pairs = {
+        (tuple(t.recipe.data.corpus), tuple(t.recipe.probe.tasks))
+        for t in trials
+        if t.recipe.probe.protocol == "cv"
+    }
+    digests: dict[str, set[str]] = {}
+
+    def sha1s(name: str) -> set[str]:
+        if name not in digests:
+            try:
+                digests[name] = {c.sha1 for c in bank.task(name).clips}
+            except AblError:
+                digests[name] = set()
+        return digests[name]
+
+    for corpus, probes in sorted(pairs):
+        for c in corpus:
+            for p in probes:
+                shared = sha1s(c) & sha1s(p)
+                if shared:
+                    raise AblError(
+                        f"{spec.source}: data.corpus entry {c!r} holds {len(shared)} clip(s) "
+                        f"of probe task {p!r}; under probe.protocol: cv every labelled clip is "
+                        "a test clip once, so remove them from the corpus or use "
+                        "probe.protocol: split"
+                    )
+
+
 def run_study(spec: StudySpec, log: Log = print, jobs: int = 1) -> RunSummary:
     """Sync the grid into the ledger, run the references, then work through the trials with
     `jobs` local workers (separate processes when more than one, threads split between them).
@@ -722,6 +845,7 @@ def run_study(spec: StudySpec, log: Log = print, jobs: int = 1) -> RunSummary:
     before any worker starts."""
     t0 = time.perf_counter()
     trials = expand(spec)
+    check_no_leak(spec, trials)
     st = open_study(spec)
     reap_lost(st)  # trials of workers that died since the last run
     todo = st.ledger.sync(trials, spec.max_attempts)

@@ -14,21 +14,28 @@ import math
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from model.byo import byo_source
-from model.config import DataConfig, RecipeConfig, TaskDef
+from model.byo import FORMATS, byo_source
+from model.config import BF16_TO_PRECISION, DataConfig, RecipeConfig, TaskDef, TrainConfig
 from model.embed import ENCODERS
 from model.errors import AblError
+from model.features import SAMPLINGS
 from model.jepa import BRANCHES, LOSSES, TARGET_NORMS
 from model.masks import CURRICULUM, MASKERS, OVERLAP
+from model.precision import PRECISIONS
+from model.probe import PROTOCOLS
 from model.sources import TASKS
+from orchestrator.launcher import LauncherSpec, parse_launcher
 
 PRUNING = ("none", "median")
+# MLflow tracking URIs that name a database (the others are folders or servers).
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
 DESIGNS = ("ofat", "factorial", "list")
 # A grid grows as the product of the value counts (times the seeds); past this many trials a
 # typo (one value too many on three axes) would silently queue days of training, so `abl run`
@@ -36,8 +43,15 @@ DESIGNS = ("ofat", "factorial", "list")
 # cross as a recipe alone would take minutes.
 MAX_TRIALS = 256
 MAX_FACTORIAL_CELLS = 20_000
+# The recipe's sections by name: frontend -> FrontendConfig, ...
+SECTIONS: dict[str, type] = typing.get_type_hints(RecipeConfig)
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+# Integers beyond 64 bits overflow the results database and the random generators.
+MAX_INT = 2**63 - 1
+MAX_SEED = 2**32 - 1  # what every generator a trial seeds accepts
+# A number written as text that YAML 1.1 leaves a string: "1e-3", "5E+2", "-2.5e3".
+FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,7 @@ class StudySpec:
     # design: factorial: the names of the axes crossed; empty crosses every axis. The others
     # stay at their baseline value in every cell.
     crossed: tuple[str, ...] = ()
+    launcher: LauncherSpec = LauncherSpec()  # where the workers run: local or slurm
 
     @property
     def crossed_axes(self) -> tuple[Axis, ...]:
@@ -134,12 +149,26 @@ TOP_KEYS = {
     "pruning",
     "configs",
     "crossed",
+    "launcher",
 }
 
 
 def _suggest(key: str, known: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(known), n=1)
     return f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+
+
+def _suggest_key(cls: type, key: str, where: str) -> str:
+    """A did-you-mean for an unknown key of section `cls`; a setting of the recipe written one
+    level too high or too low (an indent lost or added) is pointed at its real place."""
+    if cls is RecipeConfig:
+        homes = [name for name, sec in SECTIONS.items() if key in {f.name for f in fields(sec)}]
+        if len(homes) == 1:
+            return f"it is a setting of section {homes[0]}: write it as {where}.{homes[0]}.{key}"
+    elif cls in SECTIONS.values() and key in SECTIONS:
+        parent = where.rsplit(".", 1)[0]
+        return f"{key} is a section of the recipe: write it as {parent}.{key}, not inside {where}"
+    return _suggest(key, {f.name for f in fields(cls)})
 
 
 def setting_text(value: Any) -> str:
@@ -177,33 +206,91 @@ def _coerce(value: Any, hint: Any, where: str, source: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise AblError(f"{source}: {where} must be an integer, got {value!r}")
+        if abs(value) > MAX_INT:
+            raise AblError(
+                f"{source}: {where} = {value} is too large to store (at most {MAX_INT}); "
+                "use a smaller integer"
+            )
         return value
     if hint is float:
+        if isinstance(value, str) and FLOAT_TEXT.match(value.strip()):
+            # YAML 1.1 (PyYAML) reads `1e-3` as text; YAML 1.2 and every reader mean a number.
+            value = float(value.strip())
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise AblError(f"{source}: {where} must be a number, got {value!r}")
-        return float(value)
+        number = float(value) if abs(value) <= 1e308 else math.inf
+        if not math.isfinite(number):
+            raise AblError(
+                f"{source}: {where} = {value!r} is not a finite number; write a finite value "
+                "(YAML's .inf, .nan and overflowing literals like 1e400 are not settings)"
+            )
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise AblError(f"{source}: {where} must be a string, got {value!r}")
+        if not value.strip():
+            raise AblError(
+                f"{source}: {where} is an empty text; give a value or delete the line for "
+                "the default"
+            )
         return value
     raise TypeError(f"unsupported config field type {hint!r} at {where}")
 
 
+def _empty_section(where: str, source: str) -> AblError:
+    return AblError(
+        f"{source}: {where} is given but empty; indent its settings under it, or delete the "
+        f"line `{where.rsplit('.', 1)[-1]}:` to keep the defaults"
+    )
+
+
+def _migrate_bf16(data: dict, where: str, source: str) -> dict:
+    """`train.bf16` (before `train.precision` replaced it) read as that precision: true is auto
+    (bf16 where the hardware has it and it measures faster), false is fp32; a warning says so."""
+    old = data["bf16"]
+    if not isinstance(old, bool):
+        raise AblError(
+            f"{source}: {where}.bf16 must be true or false, got {old!r}; better, replace it by "
+            f"{where}.precision: auto, fp32 or bf16"
+        )
+    if "precision" in data:
+        raise AblError(
+            f"{source}: {where}.bf16 and {where}.precision are both set; delete bf16 "
+            "(precision replaced it)"
+        )
+    new = BF16_TO_PRECISION[old]
+    warnings.warn(
+        f"{source}: {where}.bf16: {str(old).lower()} is read as {where}.precision: {new} "
+        f"(bf16 was replaced by precision: auto | fp32 | bf16); write precision: {new}",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return {("precision" if k == "bf16" else k): new if k == "bf16" else v for k, v in data.items()}
+
+
 def build_dataclass(cls: type, data: Any, where: str, source: str) -> Any:
-    """Build a frozen config dataclass from a YAML mapping, rejecting unknown keys."""
-    if data is None:
-        data = {}
+    """Build a frozen config dataclass from a YAML mapping, rejecting unknown keys.
+
+    A section that is written but holds nothing (`baseline:` alone, often an indent lost) is
+    refused rather than read as "all defaults": the file would run something other than what
+    its author sees. Leave a section out to keep its defaults."""
+    if data is None or data == {}:
+        raise _empty_section(where, source)
     if not isinstance(data, dict):
         raise AblError(f"{source}: {where} must be a mapping of settings, got {data!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     kwargs = {}
+    if cls is TrainConfig and "bf16" in data:
+        data = _migrate_bf16(data, where, source)
     for key, value in data.items():
         gone = REMOVED.get(f"{where.rsplit('.', 1)[-1]}.{key}")
         if gone:
             raise AblError(f"{source}: {where}.{key} {gone}")
         if key not in known:
-            raise AblError(f"{source}: unknown key {where}.{key}; {_suggest(str(key), known)}")
+            raise AblError(
+                f"{source}: unknown key {where}.{key}; {_suggest_key(cls, str(key), where)}"
+            )
         hint = hints[key]
         if cls is DataConfig and key == "tasks":
             kwargs[key] = _parse_task_defs(value, f"{where}.{key}", source)
@@ -216,8 +303,8 @@ def build_dataclass(cls: type, data: Any, where: str, source: str) -> Any:
 
 def _parse_task_defs(raw: Any, where: str, source: str) -> tuple[TaskDef, ...]:
     """`{name: {format: esc50, root: /data/ESC-50-master, test_fold: 5}}` -> TaskDefs."""
-    if raw is None:
-        return ()
+    if raw is None or raw == {}:
+        raise _empty_section(where, source)
     if not isinstance(raw, dict):
         raise AblError(f"{source}: {where} must map task names to {{format: ..., root: ...}}")
     base = Path(source).parent
@@ -233,8 +320,18 @@ def _parse_task_defs(raw: Any, where: str, source: str) -> tuple[TaskDef, ...]:
                 f"{source}: {where}.{name} needs `format` and `root`, e.g. "
                 "{format: esc50, root: /data/ESC-50-master}"
             )
+        if not isinstance(body["root"], str) or not body["root"].strip():
+            raise AblError(
+                f"{source}: {where}.{name}.root must be the path of the data set's folder "
+                f"(or file), got {body['root']!r}"
+            )
         options = {k: v for k, v in body.items() if k not in ("format", "root")}
-        root = Path(str(body["root"])).expanduser()
+        layout = FORMATS.get(str(body["format"]).strip().lower())
+        hints = typing.get_type_hints(layout.__init__) if layout else {}
+        for k, v in options.items():
+            if k in hints and k not in ("name", "root", "return"):
+                options[k] = _coerce(v, hints[k], f"{where}.{name}.{k}", source)
+        root = Path(body["root"]).expanduser()
         if not root.is_absolute():
             root = base / root  # relative to the experiments file, like `output`
         try:
@@ -271,11 +368,59 @@ def recipe_field(path: str, source: str, what: str = "axis path") -> tuple[type,
     return section, parts[1]
 
 
+def _check_varies(path: str, source: str, what: str) -> None:
+    """An axis or a list entry may move only settings that change what a trial computes."""
+    # grid imports this module; which settings leave the key is its business.
+    from orchestrator.grid import NON_SEMANTIC
+
+    section, key = path.split(".")
+    if (section, key) in NON_SEMANTIC:
+        raise AblError(
+            f"{source}: {what} {path!r} changes where or how verbosely a trial runs, not what "
+            "it computes (it is not part of the trial key), so it cannot vary between trials; "
+            f"set it once under baseline.{path}"
+        )
+    hint = typing.get_type_hints(SECTIONS[section])[key]
+    if any(dataclasses.is_dataclass(a) for a in (hint, *typing.get_args(hint))):
+        raise AblError(
+            f"{source}: {what} {path!r} cannot vary between trials; declare it once under "
+            f"baseline.{path} (vary the tasks a trial uses with probe.tasks or data.corpus)"
+        )
+
+
 def with_value(recipe: RecipeConfig, path: str, value: Any) -> RecipeConfig:
     section, key = path.split(".")
     return dataclasses.replace(
         recipe, **{section: dataclasses.replace(getattr(recipe, section), **{key: value})}
     )
+
+
+def _check_every_setting(r: RecipeConfig, bad: typing.Callable[[str, str], AblError]) -> None:
+    """What holds for every setting of every section, present and future, whatever its
+    meaning: numbers are finite and not negative; a list that has items by default is not
+    emptied and names nothing twice. The checks after this one are the settings' own."""
+    for section, cls in SECTIONS.items():
+        values = getattr(r, section)
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            value, key = getattr(values, f.name), f"{section}.{f.name}"
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    continue
+                if not math.isfinite(v):
+                    raise bad(key, f"= {v} is not a finite number; write a finite value")
+                if v < 0:
+                    raise bad(key, f"= {setting_text(value)} must not be negative")
+            args = typing.get_args(hints[f.name])
+            if not (isinstance(value, tuple) and len(args) == 2 and args[1] is Ellipsis):
+                continue
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if not value and default:
+                example = ", ".join(map(str, default))
+                raise bad(key, f"is empty; list at least one item, e.g. [{example}]")
+            twice = [v for i, v in enumerate(value) if v in value[:i]]
+            if twice:
+                raise bad(key, f"lists {twice[0]!r} twice; list each item once")
 
 
 def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
@@ -284,7 +429,10 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
     def bad(key: str, msg: str) -> AblError:
         return AblError(f"{source}: {where}{key} {msg}")
 
+    _check_every_setting(r, bad)
     fe, enc, pred = r.frontend, r.encoder, r.predictor
+    if not fe.eps > 0:
+        raise bad("frontend.eps", f"= {fe.eps} must be positive (it keeps log(mel) finite)")
     if fe.sample_rate < 1000:
         raise bad("frontend.sample_rate", f"= {fe.sample_rate} is too low; use 16000")
     if fe.hop <= 0 or fe.n_fft <= 0 or fe.hop > fe.n_fft:
@@ -365,6 +513,8 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("train.warmup_steps", "must be >= 0 and train.log_every >= 1")
     if tc.weight_decay < 0:
         raise bad("train.weight_decay", f"= {tc.weight_decay} must be >= 0")
+    if tc.precision not in PRECISIONS:
+        raise bad("train.precision", f"= {tc.precision!r}; use one of {', '.join(PRECISIONS)}")
     if tc.eval_every < 0 or tc.checkpoint_every < 0:
         raise bad("train.eval_every", "and train.checkpoint_every must be >= 0 (0: off)")
     if not r.probe.tasks:
@@ -394,6 +544,29 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("probe.c_grid", "must list positive regularisation values")
     if r.data.max_clips_per_class is not None and r.data.max_clips_per_class < 1:
         raise bad("data.max_clips_per_class", "must be at least 1 or null")
+    if r.data.sampling not in SAMPLINGS:
+        raise bad("data.sampling", f"= {r.data.sampling!r}; use one of {', '.join(SAMPLINGS)}")
+    if r.mask.per_crop < 1:
+        raise bad("mask.per_crop", f"= {r.mask.per_crop} must be at least 1")
+    if r.loss.var_weight < 0 or r.loss.cov_weight < 0:
+        raise bad("loss.var_weight", "and loss.cov_weight must be >= 0 (0: off)")
+    if r.probe.protocol not in PROTOCOLS:
+        raise bad("probe.protocol", f"= {r.probe.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if r.probe.folds < 2:
+        raise bad("probe.folds", f"= {r.probe.folds} must be at least 2")
+    if not 1 <= r.probe.layers <= enc.depth:
+        raise bad(
+            "probe.layers",
+            f"= {r.probe.layers} must be between 1 and encoder.depth = {enc.depth}",
+        )
+    shared = sorted(set(r.data.corpus) & set(r.probe.tasks))
+    if shared and r.probe.protocol == "cv":
+        raise bad(
+            "data.corpus",
+            f"lists probe task {shared[0]!r}: under probe.protocol: cv every labelled clip is "
+            "a test clip once, so pretraining on it leaks test audio; pretrain on unlabelled "
+            "audio (e.g. corpus-0ad, corpus-wesnoth, corpus-speech) or use probe.protocol: split",
+        )
 
 
 def _parse_axes(raw: Any, source: str) -> tuple[Axis, ...]:
@@ -424,8 +597,11 @@ def _parse_axes(raw: Any, source: str) -> tuple[Axis, ...]:
         if not isinstance(values, list) or not values:
             raise AblError(f"{source}: axes.{name}.values is empty; list at least one value")
         section, key = recipe_field(str(path), source)
+        _check_varies(str(path), source, "axis path")
         hint = typing.get_type_hints(section)[key]
-        coerced = tuple(_coerce(v, hint, f"axes.{name}.values", source) for v in values)
+        coerced = tuple(
+            _coerce(v, hint, f"axes.{name}.values[{i}]", source) for i, v in enumerate(values)
+        )
         if len(set(map(repr, coerced))) != len(coerced):
             raise AblError(f"{source}: axes.{name}.values has duplicates; list each value once")
         if any(a.path == path for a in axes) or any(a.name == name for a in axes):
@@ -534,6 +710,7 @@ def _parse_configs(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Confi
             if path == "name":
                 continue
             section, key = recipe_field(str(path), source, f"{where} path")
+            _check_varies(str(path), source, f"{where} path")
             hint = typing.get_type_hints(section)[key]
             values.append((str(path), _coerce(value, hint, f"{where}.{path}", source)))
         if not values:
@@ -575,6 +752,42 @@ def _config_axes(configs: tuple[ConfigEntry, ...]) -> tuple[Axis, ...]:
         for path, value in c.values:
             by_path.setdefault(path, {}).setdefault(repr(value), value)
     return tuple(Axis(p, p, tuple(vals.values())) for p, vals in by_path.items())
+
+
+def _check_storage_urls(storage: StorageSpec, source: str) -> None:
+    """Database URLs that parse, name a known database, and are three different databases
+    (Optuna, the results and MLflow each keep an `alembic_version` table, and the first two
+    share table names)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from db.engine import mask_url
+
+    given: dict[str, str] = {}
+    for key in ("optuna", "results", "mlflow"):
+        url = getattr(storage, key)
+        if url is None:
+            continue
+        database = key != "mlflow" or url.split(":", 1)[0].split("+")[0] in DATABASE_SCHEMES
+        if key == "optuna" and url.startswith("journal://"):
+            database = False  # Optuna's journal file (orchestrator/ledger.py checks the path)
+        if database:
+            try:
+                make_url(url).get_dialect()
+            except (ArgumentError, NoSuchModuleError, ValueError) as e:
+                why = "unknown database" if isinstance(e, NoSuchModuleError) else "unparsable"
+                raise AblError(
+                    f"{source}: storage.{key} = {mask_url(url)} is not a database URL ({why}); "
+                    "write one like postgresql://user@host/abl_" + key + ", or delete the key "
+                    "for SQLite under the output folder"
+                ) from None
+        for other, other_url in given.items():
+            if url == other_url:
+                raise AblError(
+                    f"{source}: storage.{key} and storage.{other} name one database "
+                    f"({mask_url(url)}); their tables overlap, so give each its own database"
+                )
+        given[key] = url
 
 
 def check_size(spec: StudySpec, trials: int, yes: bool) -> None:
@@ -654,9 +867,19 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
         raise AblError(f"{source}: YAML syntax error{at}: {problem}; fix the syntax") from None
     if not isinstance(raw, dict):
         raise AblError(f"{source}: must be a YAML mapping with keys study, axes, baseline, ...")
-    for key in raw:
+    for key, value in raw.items():
+        if key in SECTIONS:
+            raise AblError(
+                f"{source}: unknown key {key!r}; {key} is a section of the recipe: indent it "
+                f"under baseline: (baseline.{key})"
+            )
         if key not in TOP_KEYS:
             raise AblError(f"{source}: unknown key {key!r}; {_suggest(str(key), TOP_KEYS)}")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise AblError(
+                f"{source}: {key} is given but empty; give it a value (or its entries, "
+                "indented under it), or delete the line"
+            )
     study = raw.get("study")
     if not isinstance(study, str) or not STUDY_NAME.match(study):
         raise AblError(
@@ -691,20 +914,33 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
     if (
         not isinstance(seeds, list)
         or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds
+        )
         or len(set(seeds)) != len(seeds)
     ):
-        raise AblError(f"{source}: seeds must be a list of distinct non-negative integers")
+        raise AblError(
+            f"{source}: seeds must be a list of distinct integers from 0 to {MAX_SEED}, "
+            "e.g. seeds: [0, 1, 2]"
+        )
     max_attempts = raw.get("max_attempts", 2)
-    if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
-        raise AblError(f"{source}: max_attempts must be an integer >= 1")
+    if (
+        not isinstance(max_attempts, int)
+        or isinstance(max_attempts, bool)
+        or not 1 <= max_attempts <= MAX_INT
+    ):
+        raise AblError(f"{source}: max_attempts must be an integer >= 1, e.g. max_attempts: 2")
     pruning = raw.get("pruning", "none")
     if pruning not in PRUNING:
         raise AblError(
             f"{source}: pruning = {pruning!r}; use one of {', '.join(PRUNING)} (an ablation "
             "keeps `none`: every cell runs to its budget)"
         )
-    baseline = build_dataclass(RecipeConfig, raw.get("baseline"), "baseline", source)
+    baseline = (
+        build_dataclass(RecipeConfig, raw["baseline"], "baseline", source)
+        if "baseline" in raw
+        else RecipeConfig()
+    )
     validate_recipe(baseline, "baseline.", source)
     configs: tuple[ConfigEntry, ...] = ()
     crossed: tuple[str, ...] = ()
@@ -718,7 +954,12 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
     elif design == "factorial":
         crossed = _parse_crossed(raw.get("crossed"), axes, source)
         _validate_factorial(axes, crossed, baseline, source)
-    storage = build_dataclass(StorageSpec, raw.get("storage"), "storage", source)
+    storage = (
+        build_dataclass(StorageSpec, raw["storage"], "storage", source)
+        if "storage" in raw
+        else StorageSpec()
+    )
+    _check_storage_urls(storage, source)
     out = output if output is not None else raw.get("output", "abl-out")
     if not isinstance(out, str | Path):
         raise AblError(f"{source}: output must be a folder path")
@@ -739,4 +980,5 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
         pruning=pruning,
         configs=configs,
         crossed=crossed,
+        launcher=parse_launcher(raw.get("launcher"), source),
     )

@@ -1,6 +1,7 @@
-"""One axis' page: its values' scores per task and on the average (mean and 95% bootstrap CI
-across seeds), the paired differences to the baseline with Holm-corrected p-values, the
-reference encoders as lines, the training curves and every trial."""
+"""One axis' page: its values' scores per task and on the average (mean and 95% Student-t CI
+across seeds), the differences to the baseline with the model behind each interval and
+p-value and Holm's correction over the page, the reference encoders as lines, the training
+curves and every trial."""
 
 from __future__ import annotations
 
@@ -13,14 +14,13 @@ from reports.data import (
     AVERAGE_TASK,
     NO_RESULT,
     NOT_STARTED,
-    AxisAnalysis,
     Results,
     summarise,
-    too_few,
     view_scores,
 )
 from reports.html import Page, num
-from reports.stats import ALPHA
+from reports.inference import AxisAnalysis, family_note, too_few
+from reports.stats import ALPHA, MIN_TEST_DF
 
 
 def _pts(x: object) -> str:
@@ -110,11 +110,20 @@ def render_axis_page(res: Results, axis: str, a: AxisAnalysis, out_path: Path) -
         )
     )
 
-    page.heading("Paired differences to the baseline")
+    page.heading("Differences to the baseline")
     page.para(
-        f"Each value minus the baseline value ({base}) at the same seed, in accuracy points. "
-        f"p: two-sided paired t-test; Holm: corrected over the {len(a.comparisons)} comparisons "
-        f"of this axis (significant when below {ALPHA})."
+        f"Each value minus the baseline value ({base}) at the same seeds, in accuracy points, "
+        "with its 95% interval and two-sided p-value from the model the row names. "
+        "Seed-blocked model: score = cell + seed, fitted per task (and on the task average) "
+        "to every cell of the study, the value's effect tested against the residual pooled "
+        "over all cells (its degrees of freedom in the row). Paired t: the value's own "
+        "differences at each seed (df = seeds - 1), used where the model has no more degrees "
+        "of freedom, and shown beside it. + clips: the variance of the draw of test clips "
+        "(a bootstrap over clip groups) added to the seed-level variance; 'seeds' is the share "
+        "of the interval's variance that the seeds make, the rest the clips'. One seed gives "
+        f"no interval; a test on fewer than {MIN_TEST_DF} degrees of freedom gives an interval "
+        f"and no mark. The Holm family: {family_note(a.comparisons)}; significant when the "
+        f"adjusted p < {ALPHA}."
     )
     page.table(
         a.comparisons,
@@ -125,8 +134,11 @@ def render_axis_page(res: Results, axis: str, a: AxisAnalysis, out_path: Path) -
             ("diff", "difference", _pts),
             ("ci_low", "CI low", _pts),
             ("ci_high", "CI high", _pts),
+            ("model", "model (df)", None),
             ("p", "p", _p),
             ("p_holm", "Holm p", _p),
+            ("p_paired", "paired-t p", _p),
+            ("seed_share", "seeds' share", lambda x: num(x, "{:.0%}")),
             ("verdict", "verdict", None),
         ],
         row_class=lambda r: "yes" if r["verdict"] == "significant" else "",

@@ -1,10 +1,10 @@
 """A study's results as the reports see them, read through db/, and the tables computed from
-them: per-axis rows, paired comparisons to the baseline, the ablation map, factorial
-interactions, cost per trial and the recipe.
+them: per-axis rows, per-value scores with their intervals over seeds, factorial interactions,
+cost per trial. The comparisons with the baseline and their tests are reports.inference.
 
-Scores are in percent. Every comparison pairs a value with the baseline at the same seed; in
-a factorial design a value's score at a seed is the mean over the cells holding that value
-(its main effect), and the baseline is the baseline's value of the axis.
+Scores are in percent. In a factorial design a value's score at a seed is the mean over the
+cells holding that value (its main effect), and the baseline is the baseline's value of the
+axis.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from db.queries import curves_frame, results_frame, study_spec
-from reports.stats import ALPHA, MAX_SEEDS, bootstrap_ci, holm, paired_t_pvalue, seeds_needed
+from db.queries import curves_frame, predictions_frame, results_frame, study_spec
+from reports.stats import mean_interval
 
 AVERAGE_TASK = "average over tasks"
 PROBE_METRICS = ("accuracy", "macro_f1")
@@ -31,6 +31,7 @@ LIST_AXIS = "config"  # and a list design's entries
 NOT_STARTED = "not started"
 # Statuses of trials that will never produce a result.
 NO_RESULT = ("failed", "pruned")
+PRED_COLUMNS = ["key", "task", "clip", "group", "correct"]
 
 
 @dataclass
@@ -54,6 +55,9 @@ class Results:
     # Per task the study reads: {"clips": n, "skipped": {reason: n}} (clips its preparation
     # skipped: unreadable or silent audio), as recorded when the study was last run.
     data: dict[str, dict] = field(default_factory=dict)
+    # Per finished trial, task and labelled test clip: key, task, clip, group, correct (bool).
+    # Empty where the database holds no predictions (results recorded before they were).
+    predictions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PRED_COLUMNS))
 
 
 def load_results(engine: Engine, study: str, expected: Iterable[dict] | None = None) -> Results:
@@ -63,6 +67,7 @@ def load_results(engine: Engine, study: str, expected: Iterable[dict] | None = N
     spec = study_spec(engine, study) or {}
     df = results_frame(engine, study)
     trial_cols = ["key", "seed", "axis", "setting", "status", "error", "wall_s", "settings_json"]
+    trial_cols += [c for c in ("precision", "attention") if c in df.columns]
     trials = df[trial_cols].drop_duplicates("key").reset_index(drop=True)
     trials["settings"] = [
         json.loads(s) if isinstance(s, str) and s else {} for s in trials.pop("settings_json")
@@ -134,7 +139,17 @@ def load_results(engine: Engine, study: str, expected: Iterable[dict] | None = N
         references,
         stale,
         dict(spec.get("data") or {}),
+        _predictions(engine, study, set(trials.loc[~is_ref, "key"])),
     )
+
+
+def _predictions(engine: Engine, study: str, keys: set[str]) -> pd.DataFrame:
+    """The finished trials' test predictions as correct / wrong per clip (see Results)."""
+    p = predictions_frame(engine, study)
+    p = p[p["key"].isin(keys) & (p["status"] == "done")]
+    out = p[["key", "task", "clip", "group"]].reset_index(drop=True)
+    out["correct"] = (p["truth"].astype(str) == p["pred"].astype(str)).to_numpy()
+    return out
 
 
 def _guess_design(trials: pd.DataFrame) -> str:
@@ -225,14 +240,19 @@ def view_scores(res: Results, view: AxisView, metric: str = "accuracy") -> pd.Da
 
 
 def summarise(scores: pd.DataFrame) -> pd.DataFrame:
-    """Mean and 95% bootstrap CI across seeds per value and task (NaN CI for one seed)."""
+    """Mean and 95% Student-t CI across seeds per value and task (no CI from one seed)."""
     rows = []
     for (setting, task), g in scores.groupby(["setting", "task"], sort=False):
         v = g["value"].to_numpy(dtype=float)
-        low, high = bootstrap_ci(v)
+        ci = mean_interval(v)
         rows.append(
             dict(
-                setting=setting, task=task, n_seeds=v.size, mean=v.mean(), ci_low=low, ci_high=high
+                setting=setting,
+                task=task,
+                n_seeds=v.size,
+                mean=v.mean(),
+                ci_low=float(ci.low),
+                ci_high=float(ci.high),
             )
         )
     cols = ["setting", "task", "n_seeds", "mean", "ci_low", "ci_high"]
@@ -245,110 +265,6 @@ def in_value_order(df: pd.DataFrame, base: str | None) -> pd.DataFrame:
     return df.iloc[np.argsort(df["setting"].map(rank).to_numpy(), kind="stable")]
 
 
-COMPARISON_COLUMNS = [
-    "setting",
-    "task",
-    "n",
-    "diff",
-    "ci_low",
-    "ci_high",
-    "p",
-    "p_holm",
-    "seeds_needed",
-    "verdict",
-]
-
-
-def compare(scores: pd.DataFrame, base: str | None, tasks: list[str]) -> pd.DataFrame:
-    """Each value against the baseline value, paired by seed, per task and on the task average:
-    the mean difference in points, its bootstrap CI, the paired t-test p-value and its Holm
-    correction over this axis' family (every value x task, the average included)."""
-    if base is None or scores.empty or base not in set(scores["setting"]):
-        return pd.DataFrame(columns=COMPARISON_COLUMNS)
-    settings = order_values(scores["setting"].tolist(), base)[1:]
-    # One table: (task, seed) rows, value columns, NaN where a seed has no result.
-    wide = scores.pivot_table(index=["task", "seed"], columns="setting", values="value")
-    cols = {c: i for i, c in enumerate(wide.columns)}
-    grid = wide.to_numpy(dtype=float)
-    row_tasks = wide.index.get_level_values(0).to_numpy()
-    rows = []
-    for task in [*tasks, AVERAGE_TASK]:
-        block = grid[row_tasks == task]
-        if block.size == 0:
-            continue
-        b = block[:, cols[base]]
-        for setting in settings:
-            x = block[:, cols[setting]]
-            d = (x - b)[~np.isnan(x) & ~np.isnan(b)]
-            if d.size == 0:
-                continue
-            low, high = bootstrap_ci(d)
-            rows.append(
-                (
-                    setting,
-                    task,
-                    d.size,
-                    d.mean(),
-                    low,
-                    high,
-                    paired_t_pvalue(d),
-                    math.nan,
-                    seeds_needed(d),
-                    "",
-                )
-            )
-    out = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
-    if out.empty:
-        return out
-    out["p_holm"] = holm(out["p"].tolist())
-    out["verdict"] = [verdict(r.n, r.p_holm, r.seeds_needed) for r in out.itertuples()]
-    return out
-
-
-def verdict(n: int, p_holm: float, needed: float) -> str:
-    if n < 2:
-        return f"{n} seed: too few to tell"
-    if math.isnan(p_holm):
-        return "identical across seeds: no test"
-    if p_holm < ALPHA:
-        return "significant"
-    if math.isinf(needed):
-        return f"too few seeds to tell (over {MAX_SEEDS} needed: no effect to speak of)"
-    if not math.isnan(needed) and needed > n:
-        return f"too few seeds to tell ({int(needed)} needed)"
-    return "not significant"
-
-
-def too_few(verdict_text: str) -> bool:
-    return "too few" in verdict_text or "no test" in verdict_text
-
-
-# --------------------------------------------------------------------------------------------
-# The study
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class AxisAnalysis:
-    view: AxisView
-    summary: pd.DataFrame
-    comparisons: pd.DataFrame
-
-
-def analyse(res: Results) -> dict[str, AxisAnalysis]:
-    out = {}
-    for axis in page_axes(res):
-        view = axis_view(res, axis)
-        scores = view_scores(res, view)
-        base = view.base_label
-        out[axis] = AxisAnalysis(
-            view,
-            in_value_order(summarise(scores), base),
-            in_value_order(compare(scores, base, res.tasks), base),
-        )
-    return out
-
-
 def trial_accuracy(res: Results) -> pd.DataFrame:
     """Accuracy (percent) per finished trial (rows, by key) and task, in the file's task order,
     with the task average when there are several tasks (NaN unless the trial has every task)."""
@@ -359,68 +275,6 @@ def trial_accuracy(res: Results) -> pd.DataFrame:
     if len(tasks) > 1:
         wide[AVERAGE_TASK] = wide[tasks].mean(axis=1, skipna=False)
     return wide
-
-
-def ablation_map(analyses: dict[str, AxisAnalysis]) -> pd.DataFrame:
-    """Rows axis and value, columns task: the difference to the baseline with its test."""
-    parts = [a.comparisons.assign(axis=axis) for axis, a in analyses.items()]
-    parts = [p for p in parts if not p.empty]
-    if not parts:
-        return pd.DataFrame(columns=["axis", *COMPARISON_COLUMNS])
-    return pd.concat(parts, ignore_index=True)[["axis", *COMPARISON_COLUMNS]]
-
-
-def recipe(analyses: dict[str, AxisAnalysis], base: dict[str, str]) -> pd.DataFrame:
-    """Per axis: the value with the best task-averaged score, its gain over the baseline value
-    (paired, points) and whether that gain is significant after Holm's correction."""
-    rows = []
-    for axis, a in analyses.items():
-        avg = a.comparisons[a.comparisons["task"] == AVERAGE_TASK]
-        base_value = a.view.base_label
-        if base_value is None or avg.empty:
-            rows.append(
-                dict(
-                    axis=axis,
-                    best=base.get(axis, ""),
-                    gain=math.nan,
-                    ci_low=math.nan,
-                    ci_high=math.nan,
-                    p_holm=math.nan,
-                    n=0,
-                    verdict="no paired results yet",
-                )
-            )
-            continue
-        best = avg.loc[avg["diff"].idxmax()]
-        if best["diff"] <= 0:
-            rows.append(
-                dict(
-                    axis=axis,
-                    best=f"{base_value} (baseline)",
-                    gain=0.0,
-                    ci_low=math.nan,
-                    ci_high=math.nan,
-                    p_holm=math.nan,
-                    n=int(avg["n"].max()),
-                    verdict="no value beat the baseline",
-                )
-            )
-            continue
-        rows.append(
-            dict(
-                axis=axis,
-                best=best["setting"],
-                gain=best["diff"],
-                ci_low=best["ci_low"],
-                ci_high=best["ci_high"],
-                p_holm=best["p_holm"],
-                n=int(best["n"]),
-                verdict=best["verdict"],
-            )
-        )
-    return pd.DataFrame(
-        rows, columns=["axis", "best", "gain", "ci_low", "ci_high", "p_holm", "n", "verdict"]
-    )
 
 
 def interactions(res: Results) -> list[tuple[str, str, pd.DataFrame, float]]:
@@ -467,7 +321,7 @@ def interactions(res: Results) -> list[tuple[str, str, pd.DataFrame, float]]:
 
 COST_COLUMNS = [
     *("label", "seed", "wall_s", "data_s", "train_s", "probe_s", "other_s"),
-    *("flops_per_step", "gflops_per_s"),
+    *("flops_per_step", "gflops_per_s", "padding_share", "precision", "attention"),
 ]
 
 
@@ -482,14 +336,18 @@ def trial_label(axis: str, setting: str) -> str:
 def cost(res: Results) -> pd.DataFrame:
     """Per finished trial: wall time split into data, training, probes and the rest (s), FLOPs
     per step and the achieved GFLOP/s, with a label naming its configuration."""
-    t = res.trials[res.trials["status"] == "done"][["key", "seed", "axis", "setting", "wall_s"]]
+    cols = ["key", "seed", "axis", "setting", "wall_s"]
+    cols += [c for c in ("precision", "attention") if c in res.trials.columns]
+    t = res.trials[res.trials["status"] == "done"][cols]
     if t.empty:
         return pd.DataFrame(columns=COST_COLUMNS)
     figures = res.train.pivot_table(index="key", columns="metric", values="value")
     t = t.join(figures, on="key")
-    for c in ("data_s", "train_s", "probe_s", "flops_per_step", "gflops_per_s"):
+    for c in ("data_s", "train_s", "probe_s", "flops_per_step", "gflops_per_s", "padding_share"):
         if c not in t.columns:
             t[c] = math.nan
+    for c in ("precision", "attention"):  # what auto resolved to, per trial (None: not known)
+        t[c] = t[c].fillna("-") if c in t.columns else "-"
     t["label"] = [trial_label(a, s) for a, s in zip(t["axis"], t["setting"], strict=True)]
     t["other_s"] = (t["wall_s"] - t[["data_s", "train_s", "probe_s"]].fillna(0).sum(axis=1)).clip(0)
     return t[COST_COLUMNS].reset_index(drop=True)

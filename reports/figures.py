@@ -35,7 +35,9 @@ SEQUENTIAL = [[0.0, "#f7fbff"], [0.5, "#6baed6"], [1.0, "#08306b"]]  # light low
 CURVES = {  # curve name prefix: (panel title, y axis title)
     "loss": ("training loss", "loss"),
     "eval.": ("k-NN accuracy during training", "k-NN accuracy"),
-    "target_rank": ("effective rank of the targets (collapse)", "rank"),
+    "rank.": ("effective rank of clip embeddings, 256 fixed crops (collapse: low)", "rank"),
+    "cos.": ("mean cosine between tokens after a layer norm (collapse: near 1)", "cosine"),
+    "target_token_rank": ("effective rank of the target tokens before normalisation", "rank"),
 }
 
 
@@ -85,7 +87,7 @@ def uncertainty_note(summary: pd.DataFrame) -> str:
     span = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}-{int(n.max())}"
     if (n <= 1).all():
         return "n = 1 seed: a single seed gives no uncertainty estimate, so no error bars"
-    note = f"mean over seeds (n = {span}); error bars: 95% bootstrap CI"
+    note = f"mean over seeds (n = {span}); error bars: 95% Student-t CI over seeds"
     if (n <= 1).any():
         note += "; a bar resting on one seed has none"
     return note
@@ -183,8 +185,9 @@ def score_bars(
 def difference_figure(
     comparisons: pd.DataFrame, *, axis: str, tasks: list[str], base: str | None
 ) -> Figure:
-    """Paired difference to the baseline value (points), per task and on the average, with the
-    bootstrap CI of the mean difference; a star marks significance after Holm's correction."""
+    """Difference to the baseline value (points), per task and on the average, with the 95%
+    interval of the model each comparison names; a star marks significance after Holm's
+    correction over the axis' page."""
     cats = [t for t in [*tasks, AVERAGE_TASK] if t in set(comparisons["task"])]
     every = order_values([base or "", *comparisons["setting"]], base)
     col = colours(every)
@@ -207,17 +210,20 @@ def difference_figure(
                     np.clip(d - c["ci_low"].to_numpy(dtype=float), 0, None),
                 ),
                 customdata=[
-                    [_p(n), _p(p), _p(q), esc(w)]
-                    for n, p, q, w in zip(c["n"], c["p"], c["p_holm"], c["verdict"], strict=True)
+                    [_p(n), _p(p), _p(q), esc(w), esc(m)]
+                    for n, p, q, w, m in zip(
+                        c["n"], c["p"], c["p_holm"], c["verdict"], c["model"], strict=True
+                    )
                 ],
                 hovertemplate=(
                     f"%{{x}}<br>{esc(v)} - {esc(base)}: %{{y:+.2f}} points<br>"
-                    "seeds %{customdata[0]}<br>p %{customdata[1]}, Holm %{customdata[2]}<br>"
-                    "%{customdata[3]}<extra></extra>"
+                    "seeds %{customdata[0]}; %{customdata[4]}<br>p %{customdata[1]}, "
+                    "Holm %{customdata[2]}<br>%{customdata[3]}<extra></extra>"
                 ),
             )
         )
     n = comparisons["n"]
+    tested = int(comparisons["p"].notna().sum())
     seeds = (
         ""
         if n.empty
@@ -229,8 +235,8 @@ def difference_figure(
         data,
         title=_title(
             f"Paired difference to the baseline ({base}) by {axis}",
-            "accuracy points, same seed; bars: 95% bootstrap CI of the mean difference; "
-            f"* Holm-corrected p < 0.05 over {len(comparisons)} comparisons; seeds {seeds}",
+            "accuracy points, same seeds; bars: 95% interval of the model in the table; "
+            f"* Holm-corrected p < 0.05 over the {tested} tests of this page; seeds {seeds}",
         ),
         shapes=[
             dict(
@@ -375,8 +381,8 @@ def map_figure(table: pd.DataFrame, tasks: list[str], study: str) -> Figure:
             text[-1].append(_signif_text(float(e.diff), e.verdict))
             hover[-1].append(
                 f"{esc(r)}<br>{esc(c)}: {e.diff:+.2f} points<br>95% CI [{_p(e.ci_low)}, "
-                f"{_p(e.ci_high)}]<br>seeds {int(e.n)}, Holm p {_p(e.p_holm)}<br>"
-                f"{esc(e.verdict)}"
+                f"{_p(e.ci_high)}]<br>seeds {int(e.n)}; {esc(e.model)}<br>"
+                f"Holm p {_p(e.p_holm)}<br>{esc(e.verdict)}"
             )
     zs = z.to_numpy(dtype=float)
     lim = float(np.nanmax(np.abs(zs))) if np.isfinite(zs).any() else 1.0
@@ -399,8 +405,8 @@ def map_figure(table: pd.DataFrame, tasks: list[str], study: str) -> Figure:
         [heat],
         title=_title(
             f"Ablation map — study {study}",
-            "probe accuracy, difference to the baseline in points (paired by seed); "
-            "* significant after Holm's correction, ? too few seeds to tell",
+            "probe accuracy, difference to the baseline in points (same seeds); * significant "
+            "after Holm's correction within the axis' family, ? too few seeds to tell",
         ),
         yaxis=dict(autorange="reversed", type="category"),
         xaxis=dict(side="top", type="category"),

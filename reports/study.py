@@ -1,8 +1,9 @@
 """The study overview (index.html) and the assembly of every page, from the results database.
 
 The overview holds what answers "what matters, by how much, how sure are we": the recipe
-table, the ablation map, the interactions of a factorial's crossed axes, the axes' importance,
-the cost per trial, and what is missing or too thin to tell. Each axis has its own page.
+table, the smallest effect the design can detect, the ablation map, the interactions of a
+factorial's crossed axes, the axes' importance, the cost per trial, and what is missing or too
+thin to tell. Each axis has its own page.
 """
 
 from __future__ import annotations
@@ -15,19 +16,29 @@ from sqlalchemy import Engine
 from reports import figures
 from reports.axis import missing_lines, render_axis_page, seed_warnings
 from reports.data import (
-    AxisAnalysis,
+    AVERAGE_TASK,
     Results,
-    ablation_map,
-    analyse,
     cost,
     interactions,
     load_results,
     progress,
-    recipe,
     trial_label,
 )
 from reports.html import Page, esc, num
 from reports.importance import axis_importance
+from reports.inference import (
+    MDE_NOTE,
+    AxisAnalysis,
+    Design,
+    ablation_map,
+    analyse,
+    axis_clip_var,
+    detectable_effects,
+    family_note,
+    pooled_noise,
+    recipe,
+    study_design,
+)
 
 INDEX = "index.html"
 
@@ -38,8 +49,16 @@ def page_name(axis: str) -> str:
     return f"{safe}.html"
 
 
+def _mde(x: object) -> str:
+    return "none (too few degrees of freedom)" if x == float("inf") else num(x, "{:.2f}")
+
+
 def render_study_page(
-    res: Results, analyses: dict[str, AxisAnalysis], pages: dict[str, str], out_path: Path
+    res: Results,
+    analyses: dict[str, AxisAnalysis],
+    pages: dict[str, str],
+    out_path: Path,
+    design: Design | None = None,
 ) -> Path:
     page = Page(f"abl study {res.study}")
     counts = progress(res)
@@ -92,8 +111,9 @@ def render_study_page(
     page.heading("Recipe: the best value of each axis", "recipe")
     rec = recipe(analyses, res.base)
     page.para(
-        "The value with the best task-averaged accuracy, its paired gain over the baseline "
-        "value in points (95% bootstrap CI) and its Holm-corrected p-value."
+        "The value with the best task-averaged accuracy, its gain over the baseline value in "
+        "points with the 95% interval and Holm-corrected p-value of the model named (the axis' "
+        "page explains each model)."
     )
     page.table(
         rec,
@@ -103,11 +123,52 @@ def render_study_page(
             ("gain", "gain (points)", lambda x: num(x, "{:+.2f}")),
             ("ci_low", "CI low", lambda x: num(x, "{:+.2f}")),
             ("ci_high", "CI high", lambda x: num(x, "{:+.2f}")),
+            ("model", "model (df)", None),
             ("p_holm", "Holm p", lambda x: num(x, "{:.3g}")),
             ("n", "seeds", None),
             ("verdict", "significant?", None),
         ],
         row_class=lambda r: "yes" if r["verdict"] == "significant" else "",
+    )
+
+    page.heading("What this design can detect", "detectable")
+    design = design if design is not None else study_design(res)
+    noise = pooled_noise(design)
+    column = noise.column if noise is not None else AVERAGE_TASK
+    mde = detectable_effects(res, design, noise, axis_clip_var(analyses, column))
+    if mde.empty:
+        page.para(
+            "No estimate yet: the seed-to-seed noise needs results of two or more cells at two "
+            "or more seeds."
+        )
+    else:
+        page.para(
+            f"Per axis, {MDE_NOTE}, on the {column} in points: for one test, and within the "
+            "axis' Holm family (its first step tests at alpha / m). The noise is the residual "
+            "SD of one trial's score in the seed-blocked model fitted to this study's results "
+            f"({noise.df:g} df); the design is every trial of the experiments file. A design "
+            "finds what lies above these; a difference below them can be real and missed."
+        )
+        page.table(
+            mde,
+            [
+                ("axis", "axis", None),
+                ("values", "values tested", None),
+                ("cells", "cells", None),
+                ("seeds", "seeds", None),
+                ("df", "test df", lambda x: num(x, "{:.0f}")),
+                ("noise_sd", "noise SD (points)", num),
+                ("clip_sd", "clip SD (points)", num),
+                ("mde", "detectable, one test", lambda x: _mde(x)),
+                ("family", "family m", None),
+                ("mde_family", "detectable, in the family", lambda x: _mde(x)),
+            ],
+        )
+    page.para(
+        "Multiplicity: the p-values of each axis' page are one family under Holm's step-down "
+        "correction (the map's marks too): "
+        + "; ".join(f"{axis}, {family_note(a.comparisons)}" for axis, a in analyses.items())
+        + "."
     )
 
     page.heading("Ablation map", "map")
@@ -137,6 +198,10 @@ def render_study_page(
     page.figure(figures.cost_figure(c))
     if not c.empty:
         g = c.groupby("label", sort=False).mean(numeric_only=True).reset_index()
+        ran = c.groupby("label", sort=False)[["precision", "attention"]].agg(
+            lambda v: ", ".join(sorted(set(map(str, v))))
+        )
+        g = g.join(ran, on="label")
         page.table(
             g,
             [
@@ -146,8 +211,18 @@ def render_study_page(
                 ("probe_s", "probes s", lambda x: num(x, "{:.0f}")),
                 ("flops_per_step", "GFLOP / step", lambda x: num(float(x) / 1e9, "{:.2f}")),
                 ("gflops_per_s", "GFLOP/s", lambda x: num(x, "{:.0f}")),
+                ("padding_share", "padded input %", lambda x: num(100 * float(x), "{:.1f}")),
+                ("precision", "precision", None),
+                ("attention", "attention", None),
             ],
         )
+        mixed = sorted(set(c["precision"]) - {"-"})
+        if len(mixed) > 1:
+            page.para(
+                f"The trials ran in more than one precision ({', '.join(mixed)}): train.precision "
+                "auto chose by measurement on each worker's machine. Pin train.precision (fp32 or "
+                "bf16) to compare cells on equal terms."
+            )
     if res.stale:
         page.para(f"{res.stale} result(s) of earlier versions of this study are not shown.")
     return page.write(out_path)
@@ -164,9 +239,10 @@ def render_reports(
     returns the paths, the overview last. `expected` lists the trials the experiments file
     asks for (see reports.data.load_results)."""
     res = load_results(engine, study, expected)
-    analyses = analyse(res)
+    design = study_design(res)
+    analyses = analyse(res, design)
     wanted = list(analyses) if axes is None else [a for a in axes if a in analyses]
     pages = {a: page_name(a) for a in analyses}
     paths = [render_axis_page(res, a, analyses[a], out_dir / pages[a]) for a in wanted]
-    paths.append(render_study_page(res, analyses, pages, out_dir / INDEX))
+    paths.append(render_study_page(res, analyses, pages, out_dir / INDEX, design))
     return paths

@@ -48,6 +48,9 @@ def _tiny_experiments(tmp_path: Path, **overrides) -> Path:
     b["predictor"].update(depth=1, width=16, heads=2)
     b["train"].update(steps=3, batch_size=4, warmup_steps=1, log_every=1, eval_every=1)
     b["probe"]["c_grid"] = [1.0]
+    # Pretraining on a probe task's clips is allowed only with its fixed test split (under
+    # cross-validation every clip is a test clip once): the tiny study probes what it trains on.
+    b["probe"]["protocol"] = "split"
     for k, v in overrides.items():
         spec[k] = v
     path = tmp_path / "experiments.yaml"

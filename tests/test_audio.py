@@ -135,23 +135,47 @@ def test_truncated_flac_raises(tmp_path: Path) -> None:
         load_audio(cut, 22050)
 
 
-@pytest.mark.parametrize("keep", [0.5, 0.9])
-def test_truncated_ogg_errors_or_decodes_shorter(tmp_path: Path, keep: float) -> None:
-    # Ogg has no up-front length: libsndfile decodes whatever whole pages survive and does not
-    # report the loss. Observed with the first recording: keeping half decodes nothing
-    # (AudioError: no samples); keeping 90% decodes a shorter clip (33152 of 43520 frames).
+def ogg_pages(data: bytes) -> list[tuple[int, int]]:
+    """(offset, granule position) of each Ogg page: the header pages have granule 0."""
+    out, at = [], data.find(b"OggS")
+    while at >= 0:
+        out.append((at, int.from_bytes(data[at + 6 : at + 14], "little", signed=True)))
+        at = data.find(b"OggS", at + 4)
+    return out
+
+
+def test_truncated_ogg_without_audio_pages_raises(tmp_path: Path) -> None:
+    # Ogg has no up-front length: a file cut before its first audio page decodes to nothing,
+    # which is an error naming the file (not an empty clip).
+    data = recording().read_bytes()
+    first_audio = next(at for at, granule in ogg_pages(data) if granule > 0)
+    for end in (first_audio, first_audio + 10):
+        cut = tmp_path / "cut.ogg"
+        cut.write_bytes(data[:end])
+        with pytest.raises(AudioError, match="cut.ogg"):
+            load_audio(cut, 22050)
+
+
+def test_truncated_ogg_decodes_its_whole_pages(tmp_path: Path) -> None:
+    # Cut inside the last pages, libsndfile decodes the pages that survive whole and does not
+    # report the loss: a strictly shorter clip, sample for sample the start of the full one,
+    # the same wherever inside a page the cut falls.
     source = recording()
     full = load_audio(source, 22050)
     data = source.read_bytes()
-    cut = tmp_path / "cut.ogg"
-    cut.write_bytes(data[: int(len(data) * keep)])
-    try:
-        partial = load_audio(cut, 22050)
-    except AudioError as exc:
-        assert "cut.ogg" in str(exc)
-    else:
-        assert 0 < len(partial) < len(full)
-        np.testing.assert_array_equal(partial, full[: len(partial)])
+    pages = ogg_pages(data)
+    assert len(pages) >= 4
+    last = pages[-2][0]  # the start of the page before the last one
+    at_page = tmp_path / "at-page.ogg"
+    at_page.write_bytes(data[:last])
+    inside = tmp_path / "inside.ogg"
+    inside.write_bytes(data[: (last + pages[-1][0]) // 2])
+    partial = load_audio(at_page, 22050)
+    assert 0 < len(partial) < len(full)
+    np.testing.assert_array_equal(partial, full[: len(partial)])
+    np.testing.assert_array_equal(load_audio(inside, 22050), partial)
+    # The pages that survive hold the samples up to the last one's granule position.
+    assert len(partial) == pages[-3][1]
 
 
 def test_non_finite_samples_raise(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,6 @@ from db.migrations import (
     head_revision,
     revision_and_diffs,
 )
-from db.schema import Base
 from model.errors import AblError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,9 +77,14 @@ def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_database_made_by_create_all_is_stamped_then_upgraded(tmp_path: Path) -> None:
+    from alembic import command
+
     engine = make_engine(f"sqlite:///{tmp_path / 'results.db'}")
-    # What init_db did before migrations: the tables of the base revision.
-    Base.metadata.create_all(engine, tables=[Base.metadata.tables[t] for t in TABLES])
+    # What init_db did before migrations: the tables of the base revision (the models of
+    # that time), with no migration history.
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(connection=conn), BASE_REVISION)
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
     add_results_sql(engine)
     assert VERSION_TABLE not in inspect(engine).get_table_names()
     init_db(engine)
@@ -175,7 +179,10 @@ def test_two_processes_migrate_the_same_files_at_once(tmp_path: Path) -> None:
 
 
 def test_a_worker_waits_for_a_writer_holding_the_file(tmp_path: Path) -> None:
-    """Another process holding the write lock is waited for, not reported as an error."""
+    """Another process holding the write lock is waited for, not reported as an error.
+
+    Ordered, not timed: the holder keeps the lock until told to let go, and `init_db` must
+    return only after that (and without an error)."""
     path = tmp_path / "results.db"
     engine = make_engine(f"sqlite:///{path}")
     init_db(engine)
@@ -183,17 +190,36 @@ def test_a_worker_waits_for_a_writer_holding_the_file(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sqlite3, sys, time\n"
+            "import sqlite3, sys\n"
             "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(1.5)\n"
-            "c.execute('COMMIT')",
+            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n"
+            "sys.stdin.readline(); c.execute('COMMIT'); print('released', flush=True)",
             str(path),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdout.readline().strip() == "locked"
-    started = time.monotonic()
-    init_db(make_engine(f"sqlite:///{path}"))
-    assert time.monotonic() - started > 0.5  # it did wait for the holder
+    let_go = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def second_worker() -> None:
+        try:
+            init_db(make_engine(f"sqlite:///{path}"))
+            outcome["released_first"] = let_go.is_set()
+        except BaseException as e:  # reported below, in the test's thread
+            outcome["error"] = e
+
+    waiter = threading.Thread(target=second_worker)
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not outcome  # still waiting: neither done nor failed
+    let_go.set()
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "released"
+    waiter.join(timeout=120)
+    assert not waiter.is_alive()
+    assert outcome == {"released_first": True}
     assert holder.wait(timeout=30) == 0

@@ -10,7 +10,7 @@ import torch
 from model import hear
 from model.audio import load_audio
 from model.config import EncoderConfig, FrontendConfig, PredictorConfig, RecipeConfig, TrainConfig
-from model.embed import load_encoder
+from model.embed import clip_embeddings, load_encoder
 from model.errors import AblError
 from model.features import CropSampler, corpus_normalizer, load_features
 from model.probe import embed_clips
@@ -82,10 +82,31 @@ def test_hear_module_on_real_audio(trained):
 def test_long_audio_is_chunked_and_averaged(trained):
     ckpt, _, task, clips, _, _ = trained
     enc = load_encoder(ckpt)
+    frames = RECIPE.frontend.frames  # 64: one input, four time patches of 16
     wave = np.concatenate([load_audio(task.path(c), 16000) for c in clips] * 3)
+    lm = enc.logmel(wave)
+    # A length whose last chunk is short (two of its four patches hold audio), so an average
+    # over chunks and an average over patches differ.
+    n = (lm.shape[1] // frames - 1) * frames + 2 * 16
+    assert n > 2 * frames
+    wave = wave[: (n - 1) * RECIPE.frontend.hop]
+    lm = enc.logmel(wave)
+    assert lm.shape[1] == n
     ((emb, ts),) = enc.timestamps([wave])
-    frames = len(wave) // 160 + 1
-    assert ts[-1] < frames * 10 + 80 and len(ts) == len(emb) >= frames // 16
+    assert len(emb) == len(ts) == (n // frames) * 4 + 2  # every patch holding audio, no more
+    assert np.all(np.diff(ts) > 0) and ts[-1] < n * 10
+    # Each chunk alone (its log-mel columns), then the chunks averaged with equal weight.
+    pieces = [lm[:, s : s + frames] for s in range(0, n, frames)]
+    chunk_means = clip_embeddings(enc.vit, pieces, frames)
+    assert chunk_means.shape == (len(pieces), enc.embedding_size)
+    scene = enc.scene([wave])[0]
+    np.testing.assert_allclose(scene, chunk_means.mean(0), rtol=1e-4, atol=1e-5)
+    # The timestamp embeddings are the chunks' patches: grouped by chunk, the same average.
+    chunk_of = ((ts / enc.hop_ms) // frames).astype(int)
+    regrouped = np.stack([emb[chunk_of == i].mean(0) for i in range(len(pieces))])
+    np.testing.assert_allclose(regrouped, chunk_means, rtol=1e-4, atol=1e-5)
+    # Not the plain mean over patches: the short last chunk weighs as much as a full one.
+    assert not np.allclose(scene, emb.mean(0), rtol=1e-4, atol=1e-5)
 
 
 def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):

@@ -10,14 +10,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from model.flops import train_step_flops
 from model.jepa import JEPA
 from model.masks import sample_masks
+from model.precision import use_attention
 from orchestrator.spec import load_spec, with_value
 from tests.test_grid import ROOT
 
 
-def counted_step_flops(recipe) -> float:
+def counted_step_flops(recipe, attention: str = "sdpa") -> float:
     """FLOPs torch counts for one forward and backward of the JEPA (matmuls, convolutions and
     attention), with the mask the recipe's sampler draws."""
     model = JEPA(recipe)
+    use_attention(model, attention)
     fe = recipe.frontend
     x = torch.randn(recipe.train.batch_size, 1, fe.n_mels, fe.frames)
     masks = sample_masks(recipe.train.batch_size, model.grid, recipe.mask, seed=0)
@@ -48,3 +50,10 @@ def test_analytic_count_matches_torchs_count(changes: dict) -> None:
     analytic = train_step_flops(recipe).total
     counted = counted_step_flops(recipe)
     assert analytic == pytest.approx(counted, rel=0.01)
+
+
+def test_explicit_attention_does_the_counted_work() -> None:
+    """The explicit kernel's two products are the ones the count assumes, no more."""
+    recipe = with_value(load_spec(ROOT / "experiments.yaml").baseline, "train.batch_size", 2)
+    counted = counted_step_flops(recipe, attention="explicit")
+    assert train_step_flops(recipe).total == pytest.approx(counted, rel=0.01)

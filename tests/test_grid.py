@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import typing
 from pathlib import Path
 
+import pytest
 import yaml
 
-from orchestrator.grid import axis_choices, expand, trial_key
+from model.config import RecipeConfig, TaskDef
+from orchestrator.grid import NON_SEMANTIC, axis_choices, expand, semantic_config, trial_key
 from orchestrator.spec import Axis, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,16 +48,104 @@ def test_ofat_has_baseline_plus_each_differing_value():
     assert time_trial.settings == {"masking": "time", "mask.ratio": "0.6"}
 
 
-def test_keys_depend_on_semantics_and_seed_only():
-    spec = load_spec(ROOT / "experiments.yaml")
-    base = spec.baseline
+def _other(value):
+    """A different value of the same type (the key does not validate it)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "-other"
+    if value is None:
+        return 3
+    if isinstance(value, tuple):
+        return (_other(value[0]), *value[1:]) if value else ("x",)
+    raise TypeError(value)
+
+
+SETTINGS = [
+    (section.name, f.name)
+    for section in dataclasses.fields(RecipeConfig)
+    for f in dataclasses.fields(typing.get_type_hints(RecipeConfig)[section.name])
+    if (section.name, f.name) != ("data", "tasks")  # declared data sets: a test of its own
+]
+
+
+def _moved(recipe: RecipeConfig, section: str, name: str) -> RecipeConfig:
+    part = getattr(recipe, section)
+    changed = dataclasses.replace(part, **{name: _other(getattr(part, name))})
+    return dataclasses.replace(recipe, **{section: changed})
+
+
+def test_the_key_is_the_hash_of_the_semantic_config_and_seed():
+    # Pinned: changing how the key is computed would orphan every stored result.
+    base = load_spec(ROOT / "experiments.yaml").baseline
+    blob = json.dumps({"config": semantic_config(base), "seed": 3}, sort_keys=True)
+    assert trial_key(base, 3) == hashlib.sha256(blob.encode()).hexdigest()[:20]
+    assert len(trial_key(base, 3)) == 20
     assert trial_key(base, 0) == trial_key(base, 0)
     assert trial_key(base, 0) != trial_key(base, 1)
-    quieter = dataclasses.replace(base, train=dataclasses.replace(base.train, log_every=99))
-    moved = dataclasses.replace(base, data=dataclasses.replace(base.data, cache="/elsewhere"))
-    assert trial_key(quieter, 0) == trial_key(moved, 0) == trial_key(base, 0)
-    longer = dataclasses.replace(base, train=dataclasses.replace(base.train, steps=301))
-    assert trial_key(longer, 0) != trial_key(base, 0)
+    assert {k for k, _ in NON_SEMANTIC} <= set(semantic_config(base))
+    assert all(n not in semantic_config(base)[s] for s, n in NON_SEMANTIC)
+
+
+@pytest.mark.parametrize(("section", "name"), SETTINGS, ids=[f"{s}.{n}" for s, n in SETTINGS])
+def test_each_setting_in_the_key_changes_it_and_each_left_out_does_not(section, name):
+    base = load_spec(ROOT / "experiments.yaml").baseline
+    moved = _moved(base, section, name)
+    assert moved != base
+    if (section, name) in NON_SEMANTIC:
+        assert trial_key(moved, 0) == trial_key(base, 0)
+    else:
+        assert trial_key(moved, 0) != trial_key(base, 0)
+
+
+def test_settings_left_out_of_the_key_are_the_bookkeeping_ones():
+    assert NON_SEMANTIC >= {
+        ("data", "cache"),
+        ("train", "log_every"),
+        ("train", "eval_every"),
+        ("train", "checkpoint_every"),
+        ("probe", "batch_size"),
+        ("probe", "knn_clips"),
+    }
+
+
+def test_a_declared_data_set_is_in_the_key():
+    base = load_spec(ROOT / "experiments.yaml").baseline
+    mine = TaskDef("mine", "folder", "/data/mine")
+    with_task = dataclasses.replace(base, data=dataclasses.replace(base.data, tasks=(mine,)))
+    elsewhere = dataclasses.replace(
+        base, data=dataclasses.replace(base.data, tasks=(dataclasses.replace(mine, root="/x"),))
+    )
+    assert len({trial_key(r, 0) for r in (base, with_task, elsewhere)}) == 3
+
+
+def _keys(tmp_path: Path, name: str, **top) -> dict[str, str]:
+    """The experiments file with `top` written and loaded: each trial's label -> key."""
+    folder = tmp_path / name
+    folder.mkdir()
+    return {t.label: t.key for t in expand(load_spec(write_spec(folder, **top)))}
+
+
+def test_editing_one_axis_value_changes_only_its_cells_keys(tmp_path):
+    axes = {"mask.ratio": [0.4, 0.8], "train.lr": [0.002]}
+    before = _keys(tmp_path, "a", axes=axes, seeds=[0, 1])
+    after = _keys(tmp_path, "b", axes={**axes, "mask.ratio": [0.4, 0.7]}, seeds=[0, 1])
+    assert len(before) == len(after) == 8
+    same = {k for k in before if k in after and before[k] == after[k]}
+    assert set(before) - same == {"mask.ratio=0.8 seed=0", "mask.ratio=0.8 seed=1"}
+    assert set(after) - same == {"mask.ratio=0.7 seed=0", "mask.ratio=0.7 seed=1"}
+    # A setting left out of the key, edited in the baseline, changes no key at all.
+    raw = yaml.safe_load((ROOT / "experiments.yaml").read_text())["baseline"]
+    raw["train"]["log_every"] = 5
+    raw["probe"]["batch_size"] = 7
+    quiet = _keys(tmp_path, "c", axes=axes, seeds=[0, 1], baseline=raw)
+    assert quiet == before
+    # One that is in it changes every key.
+    raw["train"]["weight_decay"] = 0.01
+    heavier = _keys(tmp_path, "d", axes=axes, seeds=[0, 1], baseline=raw)
+    assert not set(heavier.values()) & set(before.values())
 
 
 def test_adding_a_value_keeps_existing_keys():
@@ -75,18 +168,14 @@ def write_spec(tmp_path: Path, **top) -> Path:
     return p
 
 
-def test_repo_file_expands_to_a_two_by_two_factorial_over_two_seeds():
+def test_repo_file_expands_to_two_masking_cells_over_three_seeds():
     spec = load_spec(ROOT / "experiments.yaml")
-    assert spec.design == "factorial" and spec.configs == () and spec.crossed == ()
+    assert spec.design == "ofat" and spec.configs == () and spec.crossed == ()
     trials = expand(spec)
-    cells = [
-        "masking=unstructured,target=targets-only",
-        "masking=unstructured,target=full-input",
-        "masking=time,target=targets-only",
-        "masking=time,target=full-input",
+    assert [(t.seed, t.axis, t.setting) for t in trials] == [
+        (s, a, v) for s in (0, 1, 2) for a, v in (("baseline", "baseline"), ("masking", "time"))
     ]
-    assert [(t.seed, t.setting) for t in trials] == [(s, c) for s in (0, 1) for c in cells]
-    assert {t.axis for t in trials} == {"factorial"}
+    assert {t.recipe.mask.strategy for t in trials} == {"unstructured", "time"}
     # The first cell is the baseline recipe itself.
     assert trials[0].key == trial_key(spec.baseline, 0)
 

@@ -24,7 +24,7 @@ from model.datasets import PreparedTask
 from model.features import CropSampler, corpus_normalizer, load_features
 from model.jepa import JEPA
 from model.masks import sample_masks
-from model.train import Batches, cpu_has_bf16, train
+from model.train import Batches, train
 from model.vit import ViT
 from orchestrator.spec import with_value
 
@@ -47,7 +47,9 @@ def run(env_sfx: PreparedTask, data_root):
             clips = env_sfx.split("train", 3)
             cache[fe] = load_features(env_sfx, clips, fe, data_root)
         fs = cache[fe]
-        return CropSampler([fs], fe.frames, corpus_normalizer([fs]), seed=0)
+        return CropSampler(
+            [fs], fe.frames, corpus_normalizer([fs]), seed=0, sampling=recipe.data.sampling
+        )
 
     done: dict = {}
 
@@ -84,9 +86,17 @@ AXES = [
     ("mask.curriculum", "none", "time", {"mask.curriculum_end": 1.0, "train.steps": 6}),
     ("mask.curriculum_end", 0.0, 1.0, {"mask.curriculum": "time", "train.steps": 6}),
     ("target.branch", "targets-only", "full-input", {}),
+    ("data.sampling", "time", "clip", {}),
+    ("data.sampling", "clip", "source", {}),  # one corpus entry: source draws by time
+    ("mask.per_crop", 1, 2, {}),
+    ("mask.per_crop", 1, 2, {"target.branch": "full-input"}),
+    ("loss.var_weight", 0.0, 1.0, {}),
+    ("loss.cov_weight", 0.0, 1.0, {}),
     ("target.norm", "layer", "none", {}),
     ("target.norm", "layer", "instance", {}),
     ("target.norm", "layer", "batch", {}),
+    ("target.norm", "layer", "position", {}),
+    ("target.norm", "layer", "position", {"target.branch": "full-input"}),
     ("target.top_k", 1, 2, {}),
     ("loss.kind", "l2", "smooth_l1", {}),
     ("loss.kind", "l2", "cosine", {}),
@@ -140,20 +150,61 @@ def test_the_same_recipe_and_seed_train_the_same_model(env_sfx, data_root, run, 
     assert not torch.equal(fa, fingerprint(*train(r, run.sampler(r), seed=1)))
 
 
-@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16; autocast is off")
 def test_bf16_autocast_changes_the_arithmetic(run):
-    ma, ra = run(with_value(TINY, "train.bf16", True))
-    mb, rb = run(with_value(TINY, "train.bf16", False))
+    # Runs on every machine: where bf16 is emulated, two tiny steps are still quick.
+    r = with_value(TINY, "train.steps", 2)
+    ma, ra = run(with_value(r, "train.precision", "bf16"))
+    mb, rb = run(with_value(r, "train.precision", "fp32"))
+    assert (ra.precision, rb.precision) == ("bf16", "fp32")
+    assert ra.failed is None and ra.steps == 2 and math.isfinite(ra.history[-1]["loss"])
     assert not torch.equal(fingerprint(ma, ra), fingerprint(mb, rb))
 
 
-@pytest.mark.parametrize(("path", "value"), [("train.log_every", 2), ("train.eval_every", 2)])
-def test_bookkeeping_settings_do_not_change_the_model(run, path, value):
-    ma, ra = run(TINY)
-    mb, rb = run(with_value(TINY, path, value))
-    weights = [p.detach().flatten() for p in ma.parameters()]
-    other = [p.detach().flatten() for p in mb.parameters()]
-    assert all(torch.equal(x, y) for x, y in zip(weights, other, strict=True))
+def test_a_trial_resumed_in_another_precision_records_both(run, tmp_path):
+    r = dataclasses.replace(
+        TINY,
+        train=dataclasses.replace(
+            TINY.train, steps=4, precision="fp32", checkpoint_every=2, eval_every=2
+        ),
+    )
+    ckpt = tmp_path / "trial.pt"
+    _, first = run(r, checkpoint=ckpt, on_eval=lambda step, model: step == 2)
+    assert first.steps == 2 and first.precision == "fp32"
+    assert first.attention in ("explicit", "sdpa")
+    _, res = run(with_value(r, "train.precision", "bf16"), checkpoint=ckpt)
+    assert res.resumed_from == 2 and res.steps == 4 and res.precision == "fp32+bf16"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "evals"),
+    [
+        ("train.log_every", 2, []),
+        ("train.eval_every", 1, [1, 2, 3]),
+        ("train.eval_every", 2, [2]),
+        ("train.checkpoint_every", 1, []),
+    ],
+)
+def test_bookkeeping_settings_do_not_change_the_model(run, tmp_path, path, value, evals):
+    # Both runs get an evaluation hook and a checkpoint file, so the setting is read: the hook
+    # runs (every `eval_every` steps) the frozen encoder as the intermediate probe does, and
+    # checkpoints are written every `checkpoint_every` steps. None of it may move the weights
+    # or the loss curve: that is why these settings are left out of the trial key.
+    calls: list[int] = []
+    clip = torch.linspace(-1.0, 1.0, 80 * 64).reshape(1, 1, 80, 64)
+
+    def on_eval(step: int, model) -> None:  # noqa: ANN001
+        calls.append(step)
+        model.eval()
+        with torch.no_grad():
+            model.encoder(clip)
+        model.train()
+
+    ma, ra = run(TINY, on_eval=on_eval, checkpoint=tmp_path / "a.pt")
+    assert calls == []  # TINY evaluates never (eval_every 0)
+    mb, rb = run(with_value(TINY, path, value), on_eval=on_eval, checkpoint=tmp_path / "b.pt")
+    assert calls == evals
+    assert ra.failed is None and rb.failed is None
+    assert torch.equal(fingerprint(ma, ra), fingerprint(mb, rb))
 
 
 @pytest.mark.parametrize("patch", [(16, 16), (16, 8), (80, 2), (8, 16)])
@@ -194,9 +245,17 @@ def test_history_has_every_step_and_collapse_signals(run):
     assert [h["step"] for h in res.history] == [0, 1, 2, 3, 4]
     for h in res.history:
         assert {"loss", "lr", "momentum", "grad_norm"} <= set(h)
-    signalled = [h["step"] for h in res.history if "target_rank" in h]
+    signalled = [h["step"] for h in res.history if "target_token_rank" in h]
     assert signalled == [0, 2, 4]
-    assert all(h["target_std"] >= 0 and h["context_rank"] >= 1 for h in res.history[::2])
+    assert all(h["target_std"] >= 0 and h["target_token_rank"] >= 1 for h in res.history[::2])
+    # The fixed-crop signals: at step 0 (the random init), every steps // 5, and the end.
+    fixed = [h for h in res.history if "rank.context" in h]
+    assert [h["step"] for h in fixed] == [0, 1, 2, 3, 4]
+    for h in fixed:
+        for enc in ("context", "target"):
+            assert 1 <= h[f"rank.{enc}"] <= 32  # the width of the tiny encoder
+            assert -1 <= h[f"cos.{enc}.clips"] <= 1 and -1 <= h[f"cos.{enc}.positions"] <= 1
+    assert 0 <= res.padding_share < 1
     assert res.samples_per_s > 0
 
 
@@ -250,7 +309,7 @@ def test_a_data_error_in_the_producer_reaches_the_loop(run):
 
 def test_checkpoint_resume_reproduces_an_uninterrupted_run(run, tmp_path):
     r = dataclasses.replace(
-        TINY, train=dataclasses.replace(TINY.train, steps=6, bf16=False, checkpoint_every=3)
+        TINY, train=dataclasses.replace(TINY.train, steps=6, precision="fp32", checkpoint_every=3)
     )
     whole, res_whole = run(r)
     # Interrupt after 3 steps: the hook stops training, the checkpoint holds step 3.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from model.probe import knn_accuracy, linear_probe
+import model.probe as probe_module
+from model.probe import cv_folds, cv_probe, knn_accuracy, linear_probe
 
 
 def blobs(n: int, dim: int, classes: int, spread: float, seed: int):
@@ -50,3 +52,96 @@ def test_knn_accuracy():
     assert knn_accuracy(xt, yt, xe, ye, k=5) > 0.95
     shuffled = list(np.random.default_rng(1).permutation(ye))
     assert knn_accuracy(xt, yt, xe, shuffled, k=5) < 0.7
+
+
+def grouped_blobs(groups: int, per_group: int, classes: int, spread: float):
+    """Clips in groups; every clip of a group has the group's class (a near-duplicate set)."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(classes, 16))
+    y, g, x = [], [], []
+    for gi in range(groups):
+        c = gi % classes
+        for _ in range(per_group):
+            y.append(f"c{c}")
+            g.append(f"g{gi}")
+            x.append(centres[c] + spread * rng.normal(size=16))
+    return np.asarray(x, np.float32), np.asarray(y), np.asarray(g)
+
+
+def test_cv_folds_are_grouped_stratified_and_deterministic():
+    _, y, g = grouped_blobs(40, 3, 4, 1.0)
+    folds = cv_folds(y, g, 5)
+    assert set(folds.tolist()) == set(range(5))
+    for group in set(g.tolist()):  # a group never straddles two folds
+        assert len(set(folds[g == group].tolist())) == 1
+    for f in range(5):  # every fold holds every class (stratified)
+        assert set(y[folds == f].tolist()) == set(y.tolist())
+    assert np.array_equal(folds, cv_folds(y, g, 5))
+    with pytest.raises(ValueError, match="groups"):
+        cv_folds(y[:6], g[:6], 5)  # two groups cannot fill five folds
+
+
+def test_cv_tests_each_clip_once_and_never_chooses_c_on_a_test_fold(monkeypatch):
+    x, y, g = grouped_blobs(30, 4, 3, 1.5)
+    folds = cv_folds(y, g, 5)
+    seen: list[tuple[int, int, int]] = []
+    real = probe_module._walk_c
+
+    def spy(xt, y_train, xv, y_val, xs, c_grid, start=None):
+        seen.append((len(y_train), len(y_val), xs.shape[0]))
+        return real(xt, y_train, xv, y_val, xs, c_grid, start)
+
+    monkeypatch.setattr(probe_module, "_walk_c", spy)
+    r = cv_probe(x, list(y), folds, (0.01, 1.0))
+    p = r.predictions
+    assert len(seen) == 5
+    for f, (n_train, n_val, n_test) in enumerate(seen):
+        # train: every fold but the test fold and its validation fold; C is chosen on the
+        # validation fold, which is never the test fold
+        assert n_test == (folds == f).sum() and n_val == (folds == (f + 1) % 5).sum()
+        assert n_train == len(y) - n_test - n_val
+    assert np.array_equal(p.folds, folds) and np.array_equal(p.truth, y)  # each clip once
+    assert r.accuracy == pytest.approx(np.mean(p.pred == y))
+    assert r.accuracy > 0.75  # well above chance (1/3)
+
+
+def test_cv_predictions_do_not_see_their_own_labels():
+    # Labels independent of the features: a probe that saw the test clips would score well
+    # above chance; cross-validation scores at chance.
+    x, y, g = grouped_blobs(60, 2, 2, 1.0)
+    y = np.random.default_rng(3).permutation(y)
+    r = cv_probe(x, list(y), cv_folds(y, g, 5), (0.1, 10.0))
+    assert r.accuracy < 0.65
+
+
+def test_probe_layers_average_the_last_blocks_and_padding_stays_out():
+    import torch
+
+    from model.config import EncoderConfig
+    from model.embed import clip_embeddings
+    from model.vit import ViT
+
+    torch.manual_seed(0)
+    vit = ViT(EncoderConfig(depth=3, width=32, heads=2), 80, 64).eval()
+    rng = np.random.default_rng(0)
+    full, short = rng.normal(size=(80, 64)), rng.normal(size=(80, 20))  # 4 and 2 time patches
+    one = clip_embeddings(vit, [full, short], 64)
+    two = clip_embeddings(vit, [full, short], 64, layers=2)
+    assert one.shape == two.shape == (2, 5 * 32) and not np.allclose(one, two)
+    with torch.no_grad():
+        x = torch.from_numpy(full).float()[None, None]
+        h = vit(x, top_k=2)  # (1, 20, 32): the mean of the last two blocks, per token
+        expected = h.view(1, 5, 4, 32).permute(0, 2, 1, 3).reshape(4, 160).mean(0)
+        # The short clip's tokens never attend to its padding: it embeds as the same audio
+        # alone, without padding, would through an encoder that sees only its two patches.
+        keep = (torch.arange(5).unsqueeze(1) * 4 + torch.arange(2)).reshape(1, -1)
+        padded = torch.zeros(1, 1, 80, 64)
+        padded[..., :20] = torch.from_numpy(short).float()
+        hs = vit(padded, keep=keep).view(1, 5, 2, 32).permute(0, 2, 1, 3).reshape(2, 160)
+    assert np.allclose(two[0], expected.numpy(), atol=1e-5)
+    assert np.allclose(one[1], hs.mean(0).numpy(), atol=1e-5)
+    other = padded.clone()
+    other[..., 40:] = 5.0  # different content where the clip has none
+    with torch.no_grad():
+        ho = vit(other, keep=keep).view(1, 5, 2, 32).permute(0, 2, 1, 3).reshape(2, 160)
+    assert torch.allclose(hs, ho)

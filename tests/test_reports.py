@@ -1,23 +1,32 @@
 """The report pages from a generated results database (real SQLite, written through db.queries
-as the runner writes it): the statistics they show, partial studies, factorial interactions,
-axis importance, and self-contained, escaped HTML."""
+as the runner writes it): the statistics they show (the model behind each test, clip-level
+intervals, the minimum detectable effect), partial studies, factorial interactions, axis
+importance, and self-contained, escaped HTML."""
 
 from __future__ import annotations
 
+import math
+import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+import statsmodels.formula.api as smf
 from plotly.offline import get_plotlyjs
 from scipy import stats
+from sqlalchemy import select
+from typer.testing import CliRunner
 
 from bench.synthetic import Synthetic, generate, key
 from db.engine import make_engine
-from db.queries import export_frame
-from reports.data import AVERAGE_TASK, analyse, interactions, load_results, recipe
+from db.queries import export_frame, finish_trial
+from db.schema import Trial
+from reports.data import AVERAGE_TASK, interactions, load_results
 from reports.importance import axis_importance
-from reports.stats import holm
+from reports.inference import analyse, pooled_noise, recipe, study_design, verdict
+from reports.stats import detectable, holm
 from reports.study import render_reports
 
 TASKS = ("env-sfx", "speech-digits")
@@ -36,7 +45,9 @@ def accuracy(engine, study: str) -> pd.DataFrame:
     return df.pivot_table(index="key", columns="task", values="value") * 100
 
 
-def test_comparisons_are_paired_by_seed_with_holm_over_the_axis(tmp_path: Path) -> None:
+def test_comparisons_test_each_value_against_the_pooled_noise_of_every_cell(
+    tmp_path: Path,
+) -> None:
     syn = Synthetic(
         axes={"masking": ["unstructured", "time", "multiblock"]}, seeds=(0, 1, 2, 3), tasks=TASKS
     )
@@ -47,18 +58,221 @@ def test_comparisons_are_paired_by_seed_with_holm_over_the_axis(tmp_path: Path) 
     acc[AVERAGE_TASK] = acc[list(TASKS)].mean(axis=1)
     configs = syn.configs()
     index = {c[1]: i for i, c in enumerate(configs)}
-    for setting in ("time", "multiblock"):
-        for task in [*TASKS, AVERAGE_TASK]:
+    for task in [*TASKS, AVERAGE_TASK]:
+        # The seed-blocked model, as statsmodels fits it: score ~ cell + seed.
+        rows = [
+            dict(value=acc.at[key(syn, i, s), task], cell=f"c{i}", seed=str(s))
+            for i in range(len(configs))
+            for s in syn.seeds
+        ]
+        ols = smf.ols("value ~ C(cell) + C(seed)", pd.DataFrame(rows)).fit()
+        for setting in ("time", "multiblock"):
             base = np.array([acc.at[key(syn, 0, s), task] for s in syn.seeds])
             other = np.array([acc.at[key(syn, index[setting], s), task] for s in syn.seeds])
             row = comp[(comp["setting"] == setting) & (comp["task"] == task)].iloc[0]
-            assert row["n"] == 4
+            want = ols.t_test(f"C(cell)[T.c{index[setting]}] = 0")
+            assert row["n"] == 4 and row["df"] == 6 == ols.df_resid
+            assert row["model"] == "seed-blocked model (3 cells), df 6"
             assert row["diff"] == pytest.approx((other - base).mean())
-            assert row["p"] == pytest.approx(stats.ttest_rel(other, base).pvalue)
-            assert row["ci_low"] <= row["diff"] <= row["ci_high"]
+            assert row["p"] == pytest.approx(float(want.pvalue))
+            low, high = np.ravel(want.conf_int())
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high))
+            # The paired t-test beside it.
+            assert row["p_paired"] == pytest.approx(stats.ttest_rel(other, base).pvalue)
     # Holm over the axis' whole family: two values x (two tasks + the average).
     assert len(comp) == 6
-    assert comp["p_holm"].tolist() == pytest.approx(holm(comp["p"].tolist()))
+    assert comp["p_holm"].tolist() == pytest.approx(holm(comp["p"].tolist()).tolist())
+
+
+def test_two_seeds_and_one_pair_per_value_give_an_interval_and_no_mark(tmp_path: Path) -> None:
+    """The issue's case: two seeds whose differences happen to agree. One value against the
+    baseline leaves one degree of freedom: a wide interval, no p-value, no star."""
+    syn = Synthetic(
+        axes={"masking": ["unstructured", "time"]},
+        seeds=(0, 1),
+        tasks=TASKS,
+        noise=0.05,
+        effects={("masking", "time"): -3.4},
+    )
+    engine = build(tmp_path, syn)
+    comp = analyse(load_results(engine, syn.study))["masking"].comparisons
+    assert (comp["df"] == 1).all() and comp["p"].isna().all() and comp["p_holm"].isna().all()
+    acc = accuracy(engine, syn.study)
+    d = np.array(
+        [acc.at[key(syn, 1, s), "env-sfx"] - acc.at[key(syn, 0, s), "env-sfx"] for s in (0, 1)]
+    )
+    row = comp[comp["task"] == "env-sfx"].iloc[0]
+    # Student's t on one degree of freedom (12.7 standard errors each side), not the range
+    # of the two differences that a percentile bootstrap returns.
+    low, high = stats.t.interval(0.95, 1, loc=d.mean(), scale=stats.sem(d))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high))
+    assert row["ci_low"] < d.min() - 5 * np.ptp(d) and row["ci_high"] > d.max() + 5 * np.ptp(d)
+    assert all("interval only" in v and "too few" in v for v in comp["verdict"])
+    render_reports(engine, syn.study, tmp_path / "out")
+    page = (tmp_path / "out" / "masking.html").read_text()
+    assert '<tr class="yes">' not in page and "paired t, df 1" in page
+
+
+def test_two_seeds_of_a_factorial_are_tested_against_the_pooled_residual(tmp_path: Path) -> None:
+    syn = Synthetic(
+        design="factorial",
+        axes={"masking": ["unstructured", "time"], "target": ["a", "b"]},
+        seeds=(0, 1),
+        tasks=TASKS,
+        noise=0.3,
+        effects={("masking", "time"): -4.0},
+    )
+    engine = build(tmp_path, syn)
+    res = load_results(engine, syn.study, syn.expected())
+    analyses = analyse(res)
+    comp = analyses["masking"].comparisons
+    assert (comp["df"] == 3).all()  # (4 cells - 1) x (2 seeds - 1)
+    assert set(comp["model"]) == {"seed-blocked model (4 cells), df 3"}
+    avg = comp[comp["task"] == AVERAGE_TASK].iloc[0]
+    assert avg["verdict"] == "significant"
+    render_reports(engine, syn.study, tmp_path / "out", expected=syn.expected())
+    page = (tmp_path / "out" / "masking.html").read_text()
+    assert "seed-blocked model (4 cells), df 3" in page
+    assert "The Holm family: the 3 tests of the page (1 value(s) x 3 column(s))" in page
+    index = (tmp_path / "out" / "index.html").read_text()
+    assert "What this design can detect" in index
+    assert "masking, the 3 tests of the page" in index
+
+
+def test_a_partial_study_fits_the_model_to_the_trials_it_has(tmp_path: Path) -> None:
+    syn = Synthetic(
+        axes={"masking": ["unstructured", "time", "multiblock"]},
+        seeds=(0, 1, 2),
+        tasks=TASKS,
+        fail=((2, 1),),
+    )
+    engine = build(tmp_path, syn)
+    res = load_results(engine, syn.study, syn.expected())
+    comp = analyse(res)["masking"].comparisons
+    acc = accuracy(engine, syn.study)
+    rows = [
+        dict(value=acc.at[key(syn, i, s), "env-sfx"], cell=f"c{i}", seed=str(s))
+        for i in range(3)
+        for s in syn.seeds
+        if (i, s) != (2, 1)
+    ]
+    ols = smf.ols("value ~ C(cell) + C(seed)", pd.DataFrame(rows)).fit()
+    row = comp[(comp["setting"] == "time") & (comp["task"] == "env-sfx")].iloc[0]
+    assert row["df"] == ols.df_resid == 3
+    assert row["diff"] == pytest.approx(float(ols.params["C(cell)[T.c1]"]))
+    assert row["p"] == pytest.approx(float(ols.pvalues["C(cell)[T.c1]"]))
+
+
+def add_predictions(engine, syn: Synthetic, clips: int = 120, seed: int = 0) -> None:
+    """Store per-clip test predictions for every finished trial, as the runner does: the
+    same clips (in groups of two) for every trial, each value getting its own clips right."""
+    rng = np.random.default_rng(seed)
+    scores = export_frame(engine, syn.study)
+    scores = scores[scores["status"] == "done"]
+    with engine.connect() as conn:
+        ids = dict(conn.execute(select(Trial.key, Trial.id)).all())
+    hard = {t: rng.random(clips) for t in syn.tasks}
+    for k, g in scores.groupby("key", sort=True):
+        metrics = {(r.task, r.metric): r.value for r in g.itertuples() if r.task is not None}
+        setting = g["setting"].iloc[0]
+        own = np.random.default_rng(zlib.crc32(setting.encode()))  # the value's own clips
+        predictions = {}
+        for t in syn.tasks:
+            p_right = np.clip(hard[t] + own.normal(0, 0.2, clips), 0, 1)
+            right = rng.random(clips) < p_right
+            truth = np.array(["a", "b"])[np.arange(clips) % 2]
+            pred = np.where(right, truth, np.where(truth == "a", "b", "a"))
+            predictions[t] = SimpleNamespace(
+                clips=np.arange(clips),
+                groups=np.arange(clips) // 2,
+                folds=np.arange(clips) % 5,
+                truth=truth,
+                pred=pred,
+            )
+        finish_trial(engine, ids[k], metrics, 100.0, None, predictions=predictions)
+
+
+def test_stored_predictions_add_the_clips_to_the_interval(tmp_path: Path) -> None:
+    syn = Synthetic(
+        axes={"masking": ["unstructured", "time", "multiblock"]}, seeds=(0, 1, 2), tasks=TASKS
+    )
+    engine = build(tmp_path, syn)
+    before = analyse(load_results(engine, syn.study))["masking"].comparisons
+    add_predictions(engine, syn)
+    res = load_results(engine, syn.study)
+    assert len(res.predictions) == 9 * len(TASKS) * 120
+    after = analyse(res)["masking"].comparisons
+    assert after["model"].str.contains(r"seed-blocked model \(3 cells\), df 4 \+ clips").all()
+    assert ((after["seed_share"] > 0) & (after["seed_share"] <= 1)).all()
+    assert (after["ci_high"] - after["ci_low"] >= before["ci_high"] - before["ci_low"] - 1e-9).all()
+    assert after["diff"].tolist() == pytest.approx(before["diff"].tolist())
+    render_reports(engine, syn.study, tmp_path / "one")
+    render_reports(engine, syn.study, tmp_path / "two")
+    for name in ("masking.html", "index.html"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert "+ clips" in (tmp_path / "one" / "masking.html").read_text()
+
+
+def test_the_overview_gives_the_minimum_detectable_effect_of_the_design(tmp_path: Path) -> None:
+    syn = Synthetic(
+        axes={"masking": ["unstructured", "time", "multiblock"], "ratio": ["0.6", "0.8"]},
+        seeds=(0, 1, 2),
+        tasks=TASKS,
+    )
+    engine = build(tmp_path, syn)
+    res = load_results(engine, syn.study, syn.expected())
+    design = study_design(res)
+    noise = pooled_noise(design)
+    assert noise is not None and noise.df == (4 - 1) * (3 - 1)
+    # One value against the baseline, 3 seeds, 4 cells: SE = sigma * sqrt(2 / 3) on 6 df.
+    se = math.sqrt(noise.sigma2 * 2 / 3)
+    render_reports(engine, syn.study, tmp_path / "out", expected=syn.expected())
+    index = (tmp_path / "out" / "index.html").read_text()
+    assert f'<td class="num">{detectable(se, 6):.2f}</td>' in index
+    # The masking page's family holds 2 values x 3 columns: Holm's first step at 0.05 / 6.
+    assert f'<td class="num">{detectable(se, 6, 0.05 / 6):.2f}</td>' in index
+
+
+def test_dry_run_prints_what_the_planned_study_can_detect(tmp_path: Path) -> None:
+    from orchestrator.cli import app
+    from orchestrator.spec import load_spec
+
+    text = """
+study: plan
+design: factorial
+seeds: [0, 1, 2, 3]
+axes:
+  masking: {path: mask.strategy, values: [unstructured, time]}
+  target: {path: target.branch, values: [targets-only, full-input]}
+baseline:
+  data: {corpus: [corpus-0ad]}
+  probe: {tasks: [env-sfx, speech-digits]}
+"""
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(text)
+    runner = CliRunner()
+    out = tmp_path / "out"
+    got = runner.invoke(app, ["run", str(exp), "--dry-run", "-o", str(out)])
+    assert got.exit_code == 0, got.output
+    assert "minimum detectable effect" not in got.output  # no results: no noise estimate
+    spec = load_spec(exp, out)
+    syn = Synthetic(
+        study=spec.study,
+        design="factorial",
+        axes={"masking": ["unstructured", "time"], "target": ["targets-only", "full-input"]},
+        seeds=(0, 1),
+        tasks=tuple(spec.baseline.probe.tasks),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(spec.results_url)
+    generate(engine, syn)
+    noise = pooled_noise(study_design(load_results(engine, spec.study)))
+    got = runner.invoke(app, ["run", str(exp), "--dry-run", "-o", str(out)])
+    assert got.exit_code == 0, got.output
+    # 4 cells x 4 seeds: df 9; a main effect of a 2 x 2 compares two cells with two.
+    se = math.sqrt(noise.sigma2 * 1.0 / 4)
+    assert f"masking: {detectable(se, 9):.2f} points by one test" in got.output
+    assert "(4 cells x 4 seeds, test df 9)" in got.output
 
 
 def test_factorial_value_pools_its_cells_at_each_seed(tmp_path: Path) -> None:
@@ -251,3 +465,12 @@ def test_rendering_twice_gives_the_same_pages(tmp_path: Path) -> None:
     first = [p.read_text() for p in render_reports(engine, syn.study, tmp_path / "one")]
     second = [p.read_text() for p in render_reports(engine, syn.study, tmp_path / "two")]
     assert first == second
+
+
+def test_verdicts_say_what_is_missing() -> None:
+    assert verdict(1, math.nan, math.nan, math.nan, False) == "1 seed: too few to tell"
+    assert "interval only" in verdict(2, 1.0, math.nan, math.nan, False)
+    assert verdict(3, 6.0, 0.01, 2.0, True) == "significant"
+    assert verdict(3, 6.0, 0.3, 12.0, False) == "too few seeds to tell (12 needed)"
+    assert "too few test clips" in verdict(3, 6.0, 0.3, -1.0, False)
+    assert verdict(8, 6.0, 0.3, 5.0, False) == "not significant"

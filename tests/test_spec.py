@@ -28,11 +28,11 @@ def write(tmp_path: Path, mutate) -> Path:
 
 def test_default_file_is_valid():
     spec = load_spec(ROOT / "experiments.yaml")
-    assert spec.study == "masking-x-branch"
-    assert spec.design == "factorial" and spec.seeds == (0, 1)
-    assert [a.name for a in spec.axes] == ["masking", "target"]
+    assert spec.study == "masking"
+    assert spec.design == "ofat" and spec.seeds == (0, 1, 2)
+    assert [a.name for a in spec.axes] == ["masking"]
     assert spec.axis("mask.strategy").values == ("unstructured", "time")
-    assert spec.axis("target.branch").values == ("targets-only", "full-input")
+    assert spec.baseline.probe.protocol == "cv" and spec.baseline.data.sampling == "time"
     assert spec.baseline.encoder.patch == (16, 16)
     assert spec.output == ROOT / "abl-out"
 
@@ -277,7 +277,11 @@ def test_missing_file(tmp_path):
 
 
 def test_dry_run_lists_trials_and_writes_nothing(tmp_path):
-    path = write(tmp_path, lambda s: s.update(seeds=[0, 1]))
+    axes = {
+        "masking": {"path": "mask.strategy", "values": ["unstructured", "time"]},
+        "target": {"path": "target.branch", "values": ["targets-only", "full-input"]},
+    }
+    path = write(tmp_path, lambda s: s.update(seeds=[0, 1], design="ofat", axes=axes))
     result = runner.invoke(app, ["run", str(path), "--dry-run", "--output", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert "6 trials" in result.output  # the baseline and one value of each of two axes
@@ -286,19 +290,44 @@ def test_dry_run_lists_trials_and_writes_nothing(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def _commands(group, prefix=()):
+    """Every command path of the Typer app, sub-groups included."""
+    import typer.main
+
+    click_group = typer.main.get_command(group)
+    out = []
+    for name, cmd in click_group.commands.items():
+        path = (*prefix, name)
+        out.append(list(path))
+        if hasattr(cmd, "commands"):
+            out.extend(list((*path, sub)) for sub in cmd.commands)
+    return out
+
+
 def test_every_command_explains_itself():
-    for args in (
-        ["--help"],
-        ["run", "--help"],
-        ["report", "--help"],
-        ["ui", "--help"],
-        ["data", "--help"],
-        ["data", "prepare", "--help"],
-        ["data", "list", "--help"],
-    ):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0
+    commands = _commands(app)
+    # The README's list of commands, every one of them found in the app.
+    assert {
+        "run",
+        "worker",
+        "report",
+        "status",
+        "export",
+        "ui",
+        "data",
+        "data prepare",
+        "data list",
+        "embed",
+        "export-best",
+    } <= {" ".join(c) for c in commands}
+    for args in [[], *commands]:
+        result = runner.invoke(app, [*args, "--help"], prog_name="abl")
+        assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output
+        assert f"abl {' '.join(args)}".strip() in " ".join(result.output.split())
+        # Each command says what it does, and each option what it is for.
+        body = result.output.split("Usage", 1)[1]
+        assert len(body.split()) > 8, (args, result.output)
 
 
 def test_a_removed_setting_says_why_and_what_to_do(tmp_path):

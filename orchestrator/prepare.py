@@ -1,0 +1,226 @@
+"""What a study needs before it writes anything: reachable storage, a writable output folder,
+data sets whose folders exist in the layout their format reads, and every task its recipes
+read prepared.
+
+`abl run` calls `prepare_study` after the experiments file is validated and before the output
+folder or a database is created, so a wrong root or an unreachable server is one line with
+nothing left behind. The tasks a recipe names that are not prepared yet are prepared then
+(as `abl data prepare` does, with its progress lines): the check runs first for all of them,
+so a broken data set is found before minutes go into decoding the others.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from model.config import TaskDef
+from model.datasets import (
+    META,
+    load_task,
+    prepare_task,
+    resolve_data_root,
+    task_source,
+    write_corpus_manifest,
+)
+from model.errors import AblError
+from orchestrator.grid import expand
+from orchestrator.spec import StudySpec
+
+Log = Callable[[str], None]
+
+# A server that does not answer within this many seconds counts as unreachable: a firewall
+# that drops packets would otherwise hold `abl run` for minutes before the first line.
+CONNECT_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `prepare_study` found: the data cache, and the tasks it prepared just now."""
+
+    data_root: Path
+    prepared: tuple[str, ...]
+
+
+def study_tasks(spec: StudySpec) -> list[str]:
+    """Every task a trial of the study reads (pretraining corpus and probes), sorted."""
+    names: set[str] = set()
+    for t in expand(spec):
+        names.update(t.recipe.data.corpus, t.recipe.probe.tasks)
+    return sorted(names)
+
+
+def _writable_folder(path: Path) -> str | None:
+    """Why `path` cannot be created or written as a folder, or None when it can. Nothing is
+    created: the nearest existing ancestor is asked instead."""
+    if path.exists():
+        if not path.is_dir():
+            return "it is a file, not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else "permission denied"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
+
+
+def check_output(spec: StudySpec) -> None:
+    why = _writable_folder(spec.output)
+    if why:
+        raise AblError(
+            f"{spec.source}: output folder {spec.output} is not writable ({why}); choose "
+            "another with `output:` or --output"
+        )
+
+
+def _reach_database(url: str, key: str, source: str) -> None:
+    """Connect once to a database server; check a SQLite file's folder is there."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from db.engine import mask_url
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except Exception:  # unparsable, or a database SQLAlchemy does not know
+        raise AblError(
+            f"{source}: storage.{key} = {mask_url(url)} is not a database URL; write one like "
+            f"postgresql://user@host/abl_{key}"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise AblError(
+                f"{source}: storage.{key} = {url} is an in-memory database, which the workers "
+                "cannot share; name a file (sqlite:////path/to/file.db) or delete the key"
+            )
+        folder = Path(parsed.database).expanduser().absolute().parent
+        if not folder.is_dir():
+            raise AblError(
+                f"{source}: storage.{key} = {url}: folder {folder} does not exist; create it "
+                "or point storage." + key + " elsewhere"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise AblError(
+                f"{source}: storage.{key} = {url}: folder {folder} is not writable; point "
+                f"storage.{key} at a folder you can write"
+            )
+        return
+    server = parsed.get_backend_name() in ("postgresql", "mysql")
+    args = {"connect_timeout": CONNECT_TIMEOUT_S} if server else {}
+    try:
+        engine = create_engine(url, connect_args=args)
+    except ModuleNotFoundError as e:
+        raise AblError(
+            f"{source}: storage.{key} {mask_url(url)} needs the Python driver {e.name}, which "
+            "is not installed; install it in the environment or choose another URL"
+        ) from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:  # the drivers' errors differ; the cause is the same
+        raise AblError(
+            f"{source}: storage.{key} {mask_url(url)} cannot be reached ({type(e).__name__}); "
+            f"check `storage.{key}` in the experiments file and that the server is up"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _reach_server(uri: str, key: str, source: str) -> None:
+    """An HTTP(S) tracking server answers on its port (MLflow's client would retry for
+    minutes before saying so)."""
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise AblError(
+            f"{source}: storage.{key} {parts.scheme}://{parts.hostname}:{port} cannot be "
+            f"reached ({e.strerror or type(e).__name__}); check `storage.{key}` in the "
+            "experiments file and that the server is up"
+        ) from None
+
+
+def check_storage(spec: StudySpec, keys: tuple[str, ...] = ("optuna", "results", "mlflow")) -> None:
+    """Every database the study names is reachable, before anything is created. The default
+    SQLite files live under the output folder, which `check_output` covers."""
+    for key in keys:
+        url = getattr(spec.storage, key)
+        if url is None:
+            continue
+        scheme = url.split(":", 1)[0].lower()
+        if scheme == "journal":
+            continue  # Optuna's journal file: the ledger opens (and reports) it
+        if key == "mlflow" and scheme in ("http", "https"):
+            _reach_server(url, key, spec.source)
+        elif key != "mlflow" or "+" in scheme or scheme in ("sqlite", "postgresql", "mysql"):
+            _reach_database(url, key, spec.source)
+
+
+def _layout_of(t: TaskDef) -> str:
+    from model.byo import FORMATS
+
+    return FORMATS[t.format.strip().lower()].layout
+
+
+def check_data(spec: StudySpec, data_root: Path) -> list[str]:
+    """The tasks the study reads that are not prepared yet, each checked (its folder, its
+    layout, every file its metadata names); and each declared data set's root exists.
+    Raises AblError naming the experiments file, the task and the fix."""
+    declared = spec.baseline.data.tasks
+    for t in declared:
+        if not Path(t.root).exists():
+            raise AblError(
+                f"{spec.source}: baseline.data.tasks.{t.name}.root = {t.root} does not exist; "
+                f"point it at the folder that holds {_layout_of(t)}"
+            )
+    missing = [n for n in study_tasks(spec) if not (data_root / "tasks" / n / META).is_file()]
+    for name in missing:
+        try:
+            if not task_source(name, declared).clips():
+                raise AblError("its source lists no audio")
+        except AblError as e:
+            raise AblError(
+                f"{spec.source}: task {name!r} is not prepared, and cannot be: {e}"
+            ) from None
+    if missing:
+        why = _writable_folder(data_root)
+        if why:
+            raise AblError(
+                f"{spec.source}: data cache {data_root} cannot be written ({why}), so tasks "
+                f"{', '.join(missing)} cannot be prepared; set baseline.data.cache (or "
+                "$ABL_DATA) to a folder you can write"
+            )
+    return missing
+
+
+def prepare_study(spec: StudySpec, log: Log = print) -> Prepared:
+    """Check storage, the output folder and the data, then prepare the missing tasks."""
+    check_storage(spec)
+    check_output(spec)
+    data_root = resolve_data_root(spec.baseline.data.cache)
+    missing = check_data(spec, data_root)
+    declared = spec.baseline.data.tasks
+    for name in missing:
+        log(f"{name}: not prepared yet; preparing it (once, for every study that reads it)")
+        try:
+            task = prepare_task(name, data_root, log=log, custom=declared)
+        except AblError as e:
+            raise AblError(f"{spec.source}: task {name!r} could not be prepared: {e}") from None
+        log(f"{name}: {len(task.clips)} clips ready in {task.root}")
+    corpus = spec.baseline.data.corpus
+    if set(missing) & set(corpus):
+        tasks = [load_task(n, data_root, declared) for n in corpus]
+        hours = write_corpus_manifest(tasks, data_root / "corpus.csv")
+        log(
+            f"pretraining corpus: {hours:.2f} h from {', '.join(corpus)} (train splits only), "
+            f"listed in {data_root / 'corpus.csv'}"
+        )
+    return Prepared(data_root, tuple(missing))

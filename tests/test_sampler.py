@@ -1,0 +1,78 @@
+"""Which clip a pretraining crop comes from (`data.sampling`), and how much of it is padding.
+
+Synthetic feature sets: each clip's frames hold its own number, so a crop says where it was
+cut from. The sampler's logic does not depend on what the frames hold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.features import CropSampler, FeatureSet, Normalizer
+
+CROP = 50
+
+
+def feature_set(lengths: list[int], first_id: int = 1) -> FeatureSet:
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    frames = np.zeros((int(offsets[-1]), 4), np.float16)
+    for i, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
+        frames[lo:hi] = first_id + i
+    n = len(lengths)
+    return FeatureSet(frames, offsets, ("x",) * n, tuple(map(str, range(n))), "k", Path("."))
+
+
+def draws(sampler: CropSampler, n: int = 4000) -> np.ndarray:
+    """The clip id of each crop (the first frame always holds audio)."""
+    x = sampler.batch(n).numpy()
+    return x[:, 0, 0, 0].round().astype(int)
+
+
+def test_time_sampling_draws_a_clip_in_proportion_to_its_frames():
+    fs = feature_set([1000, 200, 100, 40])  # ids 1..4
+    ids = draws(CropSampler([fs], CROP, Normalizer(0.0, 1.0), seed=0, sampling="time"))
+    share = np.bincount(ids, minlength=5)[1:] / len(ids)
+    expected = np.array([1000, 200, 100, 40]) / 1340
+    assert np.allclose(share, expected, atol=0.02), share
+
+
+def test_clip_sampling_draws_every_clip_equally():
+    fs = feature_set([1000, 200, 100, 40])
+    ids = draws(CropSampler([fs], CROP, Normalizer(0.0, 1.0), seed=0, sampling="clip"))
+    share = np.bincount(ids, minlength=5)[1:] / len(ids)
+    assert np.allclose(share, 0.25, atol=0.03), share
+
+
+def test_source_sampling_gives_each_corpus_entry_an_equal_share():
+    big = feature_set([3000, 3000], first_id=1)  # ids 1, 2
+    small = feature_set([100, 300], first_id=3)  # ids 3, 4
+    s = CropSampler([big, small], CROP, Normalizer(0.0, 1.0), seed=0, sampling="source")
+    share = np.bincount(draws(s), minlength=5)[1:] / 4000
+    assert share[:2].sum() == pytest.approx(0.5, abs=0.03)
+    assert share[2] == pytest.approx(0.125, abs=0.03)  # by time within the small entry
+    assert share[3] == pytest.approx(0.375, abs=0.03)
+
+
+def test_padding_share_counts_the_padded_frames_drawn():
+    fs = feature_set([CROP, CROP // 2])  # a full clip and a half-length one
+    clip = CropSampler([fs], CROP, Normalizer(0.0, 1.0), seed=0, sampling="clip")
+    x = clip.batch(2000).numpy()
+    padded = float((x[:, 0, 0, :] == 0).mean())  # padding is zero; audio is 1 or 2
+    assert clip.padding_share == pytest.approx(padded)
+    assert clip.padding_share == pytest.approx(0.25, abs=0.02)  # half the crops, half padded
+    time = CropSampler([fs], CROP, Normalizer(0.0, 1.0), seed=0, sampling="time")
+    time.batch(2000)
+    # The short clip is drawn in proportion to its frames: a third of the crops, half padded.
+    assert time.padding_share == pytest.approx(1 / 6, abs=0.02)
+
+
+def test_crops_are_reproducible_and_unknown_sampling_is_refused():
+    fs = feature_set([500, 80])
+    a = CropSampler([fs], CROP, Normalizer(0.0, 1.0), seed=3).batch(16)
+    b = CropSampler([fs], CROP, Normalizer(0.0, 1.0), seed=3).batch(16)
+    assert np.array_equal(a.numpy(), b.numpy())
+    with pytest.raises(ValueError, match="sampling"):
+        CropSampler([fs], CROP, Normalizer(0.0, 1.0), seed=0, sampling="uniform")
