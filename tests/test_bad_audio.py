@@ -56,7 +56,7 @@ def test_bad_clips_are_skipped_counted_and_the_study_runs_on(tmp_path, env_sfx):
     b = spec["baseline"]
     b["data"] = {"cache": str(tmp_path / "data"), "corpus": ["mixed"], "tasks": {}}
     b["data"]["tasks"]["mixed"] = {"format": "folder", "root": str(root)}
-    b["probe"].update(tasks=["mixed"], c_grid=[1.0])
+    b["probe"].update(tasks=["mixed"], c_grid=[1.0], protocol="split")  # pretrains on it too
     b["encoder"].update(depth=1, width=32, heads=2)
     b["predictor"].update(depth=1, width=16, heads=2)
     b["train"].update(steps=3, batch_size=4, warmup_steps=1)

@@ -13,18 +13,18 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from db import queries
 from db.engine import init_db, make_engine, mask_url
 from db.migrations import (
-    BASE_COLUMNS,
+    BASE_REVISION,
     VERSION_TABLE,
+    alembic_config,
     head_revision,
     revision_and_diffs,
 )
-from db.schema import Base
 from model.errors import AblError
 from tests.pg import create_database, postgres_url  # noqa: F401
 
@@ -62,8 +62,13 @@ def test_migration_matches_the_models(engine: Engine) -> None:
 
 
 def test_database_made_by_create_all_is_stamped_then_upgraded(engine: Engine) -> None:
-    # What init_db did before migrations: the tables of the base revision.
-    Base.metadata.create_all(engine, tables=[Base.metadata.tables[t] for t in BASE_COLUMNS])
+    from alembic import command
+
+    # What init_db did before migrations: the tables of the base revision (the models of that
+    # time), with no migration history.
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(connection=conn), BASE_REVISION)
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
     sid = queries.ensure_study(engine, "old", "{}")
     init_db(engine)
     assert revision_and_diffs(engine) == (head_revision(), [])
