@@ -199,6 +199,10 @@ class Ledger:
             if key is None or (wanted is not None and key not in wanted):
                 continue
             if self._start(t._trial_id):
+                # The first beat at once: a worker that dies before its heartbeat thread
+                # starts leaves a beat that goes stale, so the trial is reaped and runs again
+                # (a RUNNING trial with no beat at all is never stale to Optuna).
+                self.storage.record_heartbeat(t._trial_id)
                 claim = Claim(t._trial_id, t.number, key)
                 if self._taken(claim):
                     # Two workers synced at once and enqueued the key twice: this copy goes.

@@ -126,11 +126,19 @@ def _squeue(env: dict, *args: str) -> list[list[str]]:
 
 
 def _running_job(exp: Path) -> tuple[str, str]:
-    """(key, array task id) of a trial running in a Slurm worker."""
-    for key, status, worker, _, _ in _rows(exp):
-        if status == "running" and worker and worker.startswith("slurm:"):
-            return key, worker.removeprefix("slurm:").split("@")[0]
-    raise AssertionError("no trial is running")
+    """(key, array task id) of a trial running in a Slurm worker, one that has written a
+    checkpoint when any has (with two trials running, only one may have saved yet: the test
+    must stop that one to see it resume)."""
+    out = load_spec(exp).output
+    running = [
+        (key, worker.removeprefix("slurm:").split("@")[0])
+        for key, status, worker, _, _ in _rows(exp)
+        if status == "running" and worker and worker.startswith("slurm:")
+    ]
+    if not running:
+        raise AssertionError("no trial is running")
+    saved = [r for r in running if (out / "checkpoints" / f"{r[0]}.pt").exists()]
+    return (saved or running)[0]
 
 
 def _checkpointed(exp: Path) -> bool:
