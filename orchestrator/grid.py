@@ -141,3 +141,11 @@ def expand(spec: StudySpec) -> list[TrialSpec]:
                 seen.add(key)
                 out.append(TrialSpec(key, seed, axis, setting, settings, recipe))
     return out
+
+
+def study_tasks(spec: StudySpec) -> list[str]:
+    """Every task a trial of the study reads (pretraining corpus and probes), sorted."""
+    names: set[str] = set()
+    for t in expand(spec):
+        names.update(t.recipe.data.corpus, t.recipe.probe.tasks)
+    return sorted(names)

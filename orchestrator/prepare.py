@@ -28,7 +28,7 @@ from model.datasets import (
     write_corpus_manifest,
 )
 from model.errors import AblError
-from orchestrator.grid import expand
+from orchestrator.grid import study_tasks
 from orchestrator.spec import StudySpec
 
 Log = Callable[[str], None]
@@ -44,14 +44,6 @@ class Prepared:
 
     data_root: Path
     prepared: tuple[str, ...]
-
-
-def study_tasks(spec: StudySpec) -> list[str]:
-    """Every task a trial of the study reads (pretraining corpus and probes), sorted."""
-    names: set[str] = set()
-    for t in expand(spec):
-        names.update(t.recipe.data.corpus, t.recipe.probe.tasks)
-    return sorted(names)
 
 
 def _writable_folder(path: Path) -> str | None:

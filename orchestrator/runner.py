@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from threadpoolctl import threadpool_limits
 
 from db import queries
-from db.engine import init_db, make_engine, mask_url
+from db.engine import init_db, make_engine
 from model.config import FrontendConfig, RecipeConfig, TaskDef
 from model.datasets import Clip, PreparedTask, load_task, resolve_data_root
 from model.embed import clip_embeddings
@@ -38,9 +38,11 @@ from orchestrator.grid import (
     baseline_settings,
     expand,
     semantic_config,
+    study_tasks,
     trial_key,
 )
 from orchestrator.ledger import LOST, Claim, Ledger
+from orchestrator.prepare import check_storage
 from orchestrator.spec import StudySpec
 from orchestrator.tracking import Tracker, flatten
 
@@ -240,14 +242,6 @@ class Study:
 MIN_FREE_MB = 200  # room a study needs to start (ABL_MIN_FREE_MB overrides)
 
 
-def study_tasks(spec: StudySpec) -> list[str]:
-    """Every task a trial of the study reads (pretraining corpus and probes), sorted."""
-    names: set[str] = set()
-    for t in expand(spec):
-        names.update(t.recipe.data.corpus, t.recipe.probe.tasks)
-    return sorted(names)
-
-
 def data_summary(spec: StudySpec, bank: DataBank) -> dict[str, dict]:
     """Per task of the study: its clips, and the clips preparation skipped, by reason
     (unreadable: corrupt, empty or truncated files; silent). A task not prepared yet is
@@ -281,31 +275,10 @@ def skipped_line(summary: dict[str, dict]) -> str | None:
     )
 
 
-def _reach(url: str, key: str) -> None:
-    """Connect once to a database server named in the experiments file; a one-line AblError
-    (password masked) when it cannot be reached. SQLite files and MLflow servers are left to
-    the code that opens them."""
-    if not url.startswith(("postgresql", "mysql")):
-        return
-    engine = make_engine(url)
-    try:
-        with engine.connect():
-            pass
-    except Exception as e:  # the driver's own errors differ; the cause is the same
-        raise AblError(
-            f"{key} {mask_url(url)} cannot be reached ({type(e).__name__}); check `{key}` in "
-            "the experiments file and that the server is up"
-        ) from None
-    finally:
-        engine.dispose()
-
-
 def open_study(spec: StudySpec) -> Study:
     """Create (once) or reopen the study's output folder, databases and MLflow experiment.
     Database servers are reached first: one that cannot be leaves nothing behind."""
-    _reach(spec.optuna_url, "storage.optuna")
-    _reach(spec.results_url, "storage.results")
-    _reach(spec.mlflow_uri, "storage.mlflow")
+    check_storage(spec)
     created = not spec.output.exists()
     try:
         spec.output.mkdir(parents=True, exist_ok=True)

@@ -134,14 +134,11 @@ def check_cluster(spec: StudySpec) -> None:
                 f"{spec.source}: launcher.partition = {lc.partition!r} is not a partition of "
                 f"this cluster; partitions: {', '.join(known) or 'none'}"
             )
-    from orchestrator.runner import _reach
+    from orchestrator.prepare import check_storage
 
-    _reach(spec.optuna_url, "storage.optuna")
-    _reach(spec.results_url, "storage.results")
-    _reach(spec.mlflow_uri, "storage.mlflow")
+    check_storage(spec)  # database servers and an MLflow server answer, before submitting
     if url.startswith("journal://"):
         _check_folder(Path(url.removeprefix("journal://")).parent, "storage.optuna", spec)
-    _check_mlflow_server(spec.mlflow_uri)
 
 
 def partitions() -> list[str]:
@@ -161,26 +158,11 @@ def _check_folder(folder: Path, key: str, spec: StudySpec) -> None:
         )
 
 
-def _check_mlflow_server(uri: str) -> None:
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10):
-            pass
-    except OSError as e:
-        raise AblError(
-            f"storage.mlflow {uri} cannot be reached ({type(e).__name__}); check that the "
-            "MLflow tracking server is up"
-        ) from None
-
-
 def check_data(spec: StudySpec) -> Path:
     """The data cache, with every task the study reads prepared: a worker must never prepare
     data (many would at once, on the shared filesystem)."""
     from model.datasets import resolve_data_root
-    from orchestrator.runner import study_tasks
+    from orchestrator.grid import study_tasks
 
     root = resolve_data_root(spec.baseline.data.cache)
     missing = [t for t in study_tasks(spec) if not (root / "tasks" / t / "task.json").is_file()]
