@@ -191,7 +191,8 @@ def run(
         if spec.launcher.name == "slurm":
             _run_slurm(spec, experiments, wait, report)
             return
-        from orchestrator.runner import default_jobs, run_study, stop_on_sigterm
+        from orchestrator.runner import default_jobs, run_study
+        from orchestrator.signals import stop_handled, stop_on_sigterm
 
         if jobs is None:
             jobs = default_jobs()
@@ -206,6 +207,7 @@ def run(
         try:
             summary = run_study(spec, _say, jobs)
         except (KeyboardInterrupt, SystemExit):
+            stop_handled()
             _say("stopped: the running trial was released; `abl run` again resumes it")
             raise typer.Exit(130) from None
         _say(
@@ -239,7 +241,8 @@ def worker(
     import dataclasses
 
     from orchestrator.grid import expand
-    from orchestrator.runner import open_study, reap_lost, stop_on_sigterm, work
+    from orchestrator.runner import open_study, reap_lost, work
+    from orchestrator.signals import stop_handled, stop_on_sigterm
     from orchestrator.spec import load_spec
 
     with user_errors():
@@ -267,6 +270,7 @@ def worker(
         try:
             ran, failed = work(st, trials, _say)
         except (KeyboardInterrupt, SystemExit):
+            stop_handled()
             _say("stopped: the running trial was released; another worker resumes it")
             raise typer.Exit(130) from None
         _say(f"worker done: ran {ran}, failed {failed}")

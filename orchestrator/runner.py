@@ -43,6 +43,7 @@ from orchestrator.grid import (
 )
 from orchestrator.ledger import LOST, Claim, Ledger
 from orchestrator.prepare import check_storage
+from orchestrator.signals import stop_handled, stop_on_sigterm
 from orchestrator.spec import StudySpec
 from orchestrator.tracking import Tracker, flatten
 
@@ -407,6 +408,7 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
     except TrialFailed as e:
         return _fail(st, trial, claim, run_id, row, str(e), time.perf_counter() - t0, log)
     except (KeyboardInterrupt, SystemExit) as e:
+        stop_handled()
         # Ctrl-C or a stop signal: release the trial. The attempt does not count, the
         # checkpoint keeps the training done so far, and the next run resumes it.
         reason = f"released: worker stopped ({type(e).__name__})"
@@ -712,18 +714,6 @@ def work(st: Study, trials: list[TrialSpec], log: Log, name: str = "") -> tuple[
         failed += not ok
 
 
-def stop_on_sigterm() -> None:
-    """Turn SIGTERM (`kill`, a scheduler's stop, the parent's death) into SystemExit, so the
-    running trial is released like on Ctrl-C: the attempt does not count and the next run
-    resumes it from its checkpoint. SIGKILL cannot be caught; its trial is reaped once the
-    heartbeat goes stale."""
-
-    def handler(signum: int, _frame) -> None:  # noqa: ANN001
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _die_with_parent(parent: int) -> None:
     """Linux: have the kernel send this process SIGTERM when its parent dies (a coordinator
     killed with -9 must not leave workers training on). Elsewhere a no-op."""
@@ -760,6 +750,7 @@ def _worker_process(
         ran, failed = work(st, expand(spec), say, name)
         queue.put((ran, failed))
     except (KeyboardInterrupt, SystemExit):
+        stop_handled()
         queue.put((0, 0))
 
 

@@ -384,14 +384,12 @@ class SlurmWorker:
         from threadpoolctl import threadpool_limits
 
         from orchestrator.ledger import HEARTBEAT_S
-        from orchestrator.runner import open_study, run_references, stop_on_sigterm
+        from orchestrator.runner import open_study, run_references
+        from orchestrator.signals import raise_on, stop_handled, stop_on_sigterm
 
         stop_on_sigterm()  # replaces submitit's handler, which ignores SIGTERM
 
-        def preempted(signum: int, _frame) -> None:  # noqa: ANN001
-            raise Preempted(128 + signum)
-
-        signal.signal(signal.SIGUSR2, preempted)
+        raise_on(signal.SIGUSR2, Preempted)
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK", self.spec.launcher.cpus_per_trial))
         torch.set_num_threads(threads)
         threadpool_limits(threads)
@@ -406,6 +404,7 @@ class SlurmWorker:
             run_references(st, say, (index, self.workers))
             ran, failed = self._work(st, say, HEARTBEAT_S)
         except Preempted:
+            stop_handled()
             say(f"worker {job}: warned of the time limit or a preemption; trial released")
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue's own stop: done already
             requeue(job)

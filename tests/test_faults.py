@@ -170,7 +170,8 @@ def test_a_coordinator_killed_mid_study_takes_its_workers_down_and_resumes(
     # Each worker gets SIGTERM from the kernel, releases its trial and exits.
     wait_for(lambda: not any(alive(pid) for pid in workers), 240)  # a loaded machine is slow
     rows = {k: (s, e) for k, s, e, _ in _rows(exp)}
-    assert {k for k, (s, e) in rows.items() if e and e.startswith("released")} == killed
+    released = {k for k, (s, e) in rows.items() if e and e.startswith("released")}
+    assert released == killed, rows
     assert not any(s == "running" for s, _ in rows.values())
     stopped = [r for r in _runs(exp) if r.info.status == "FAILED"]
     assert sorted(r.data.tags["abl.key"] for r in stopped) == sorted(killed)
