@@ -46,6 +46,7 @@ def start_trial(
     worker: str,
     optuna_trial: int | None = None,
     mlflow_run_id: str | None = None,
+    pretrain: str | None = None,
 ) -> int:
     """Insert or reset the trial row for a new attempt; returns its id."""
     with session_scope(engine) as s:
@@ -59,6 +60,7 @@ def start_trial(
         t.status, t.error, t.worker = "running", None, worker
         t.optuna_trial, t.started, t.finished, t.wall_s = optuna_trial, now(), None, None
         t.mlflow_run_id = mlflow_run_id
+        t.pretrain = pretrain
         t.metrics.clear()
         t.curves.clear()
         t.predictions.clear()
@@ -116,6 +118,42 @@ def finish_trial(
             t.metrics.append(Metric(task=task, metric=metric, value=float(value)))
         points = {(name, int(step)): float(v) for name, step, v in curves if math.isfinite(v)}
         t.curves.extend(CurvePoint(name=n, step=st, value=v) for (n, st), v in points.items())
+
+
+def add_scores(
+    engine: Engine,
+    trial_id: int,
+    metrics: dict[tuple[str, str], float],
+    predictions: dict[str, ClipPredictions] | None = None,
+) -> None:
+    """Add (or replace) probe scores of a finished trial, task by task, in one transaction:
+    what probing a finished trial on a task it was not probed on yet records."""
+    tasks = {task for task, _ in metrics} | set(predictions or {})
+    with session_scope(engine) as s:
+        t = s.get_one(Trial, trial_id)
+        t.metrics[:] = [m for m in t.metrics if m.task not in tasks]
+        t.predictions[:] = [p for p in t.predictions if p.task not in tasks]
+        s.flush()
+        for task, p in (predictions or {}).items():
+            t.predictions.append(_pack(task, p))
+        for (task, metric), value in metrics.items():
+            t.metrics.append(Metric(task=task, metric=metric, value=float(value)))
+
+
+def probed_tasks(engine: Engine, study: str) -> dict[str, tuple[int, str | None, set[str]]]:
+    """The study's finished trials and references: key -> (row id, MLflow run, tasks that have
+    an accuracy)."""
+    stmt = (
+        select(Trial.id, Trial.key, Trial.mlflow_run_id, Metric.task)
+        .join(Study, Trial.study_id == Study.id)
+        .outerjoin(Metric, (Metric.trial_id == Trial.id) & (Metric.metric == "accuracy"))
+        .where(Study.name == study, Trial.status == "done")
+    )
+    out: dict[str, tuple[int, str | None, set[str]]] = {}
+    with engine.connect() as conn:
+        for row_id, key, run, task in conn.execute(stmt):
+            out.setdefault(key, (row_id, run, set()))[2].update([task] if task else [])
+    return out
 
 
 class ClipPredictions(Protocol):
@@ -220,6 +258,7 @@ def results_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
             Trial.precision,
             Trial.attention,
             Trial.mlflow_run_id,
+            Trial.pretrain,
         )
         .join(Trial, Trial.study_id == Study.id)
         .outerjoin(Metric, Metric.trial_id == Trial.id)

@@ -35,6 +35,9 @@ class Trial(Base):
     id: Mapped[intpk]
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
     key: Mapped[str] = mapped_column(String(64), index=True)
+    # The key of its pretraining (orchestrator.grid.pretrain_key): its checkpoint's name. NULL
+    # in rows written before revision 0004, whose checkpoint is named by `key`.
+    pretrain: Mapped[str | None] = mapped_column(String(64))
     seed: Mapped[int]
     axis: Mapped[str200]  # the axis this trial varies; "baseline" or "reference" otherwise
     setting: Mapped[str200]  # the axis value as text

@@ -3,8 +3,9 @@
 Each loader is a small `TaskSource` built from a task name and a root folder (plus a few
 options) that reads one folder layout: a folder per class, a CSV manifest, or one of the public
 data sets as they unpack (ESC-50, UrbanSound8K, Speech Commands v2, GTZAN, NSynth, CREMA-D,
-VoxCeleb1). `clips()` lists the files (checking that every referenced file exists) and each
-clip's `read()` returns the file's bytes; decoding, resampling and splitting happen in
+VoxCeleb1); or, without labels, a folder or list of recordings to pretrain on (`corpus`).
+`clips()` lists the files (checking that every referenced file exists) and each clip's
+`read()` returns the file's bytes; decoding, resampling and splitting happen in
 `model.datasets.prepare_task` as for every other task. Layouts with an official split set
 `RawClip.split`; the others leave it to the grouped, class-stratified split.
 
@@ -583,6 +584,91 @@ class VoxCeleb1Task(_Layout):
         return out
 
 
+class CorpusTask(_Layout):
+    """Unlabelled pretraining audio: a folder of audio files, or a text file listing them.
+
+    `root` is a folder (every audio file under it, in sub-folders too) or a list file: one
+    audio path a line, relative to the list file's folder or absolute; blank lines and lines
+    starting with "#" are skipped. There are no labels: every clip is "unlabelled", its own
+    group, and in the train split (as the built-in corpora), so the task can be used in
+    `data.corpus` but never probed. Long recordings are kept as the built-in long corpora keep
+    theirs: up to `max_seconds` (default 600 s, ten minutes) each, not cut at the 30 s of the
+    labelled tasks.
+    """
+
+    format = "corpus"
+    layout = (
+        "your recordings (audio files, in sub-folders too), or a text file listing one audio "
+        "path a line"
+    )
+    label = "unlabelled"
+    unlabelled = True  # pretraining audio only: never a probe task (orchestrator.spec refuses it)
+
+    def __init__(self, name: str, root: str | Path, max_seconds: float = 600.0) -> None:
+        super().__init__(name, root)
+        if not max_seconds > 0:
+            raise AblError(
+                f"data.tasks.{name}.max_seconds = {max_seconds!r} must be positive; it is how "
+                "much of each recording is kept (default 600)"
+            )
+        self.max_seconds = float(max_seconds)  # read by model.datasets.prepare_task
+
+    @property
+    def description(self) -> str:
+        kind = "folder" if self.root.is_dir() else "list file"
+        return (
+            f"unlabelled audio ({kind} {self.root}), pretraining only; each recording kept up "
+            f"to {self.max_seconds:g} s"
+        )
+
+    def _scan(self) -> list[RawClip]:
+        if self.root.is_dir():
+            return [
+                self._clip(p, self.label, _relative_name(p, self.root), "train")
+                for p in _audio_files(self.root)
+            ]
+        if self.root.suffix.lower() in AUDIO_EXTENSIONS:
+            raise AblError(
+                f"{self.root}: data.tasks.{self.name}.root is one audio file; point it at the "
+                "folder that holds the recordings, or at a text file listing them"
+            )
+        return self._listed(self.root)
+
+    def _listed(self, listing: Path) -> list[RawClip]:
+        try:
+            text = listing.read_text(encoding="utf-8-sig")
+        except (UnicodeDecodeError, OSError) as e:
+            raise AblError(
+                f"{listing}: cannot be read as a text list of audio paths ({e}); point "
+                f"data.tasks.{self.name}.root at a folder of audio or a UTF-8 list file"
+            ) from None
+        base = listing.parent
+        out = []
+        first_line: dict[Path, int] = {}
+        for line, entry in enumerate(text.splitlines(), 1):
+            entry = entry.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            where = f"{listing}:{line}"
+            # "../other/a.wav" is named by where it is, never with ".." in the clip name.
+            path = self._audio(Path(os.path.normpath(base / Path(entry).expanduser())), where)
+            key = path.resolve()
+            if key in first_line:
+                raise AblError(
+                    f"{where}: {entry} is already listed on line {first_line[key]}; list each "
+                    "file once"
+                )
+            first_line[key] = line
+            name = _relative_name(path, base)
+            out.append(RawClip(name, self.label, name, path.read_bytes, "train"))
+        if not out:
+            raise AblError(
+                f"{listing}: lists no audio files (only blank or # lines); task {self.name!r} "
+                "needs one audio path a line, relative to the list file's folder"
+            )
+        return out
+
+
 FORMATS: dict[str, type[_Layout]] = {
     "folder": FolderTask,
     "csv": CsvTask,
@@ -593,6 +679,7 @@ FORMATS: dict[str, type[_Layout]] = {
     "nsynth": NSynthTask,
     "crema-d": CremaDTask,
     "voxceleb1": VoxCeleb1Task,
+    "corpus": CorpusTask,
 }
 
 

@@ -219,6 +219,11 @@ def save_checkpoint(
         "sampler_rng": rng_state,
         "wall_s": result.wall_s,
         "precision": result.precision,
+        # What the finished pretraining measured, for a trial that reuses it (probe settings
+        # apart) and trains no step of its own.
+        "samples_per_s": result.samples_per_s,
+        "padding_share": result.padding_share,
+        "data_wait_s": result.data_wait_s,
         "config": json.dumps(dataclasses.asdict(model.recipe)),  # what built these weights
         "normalizer": [sampler.norm.mean, sampler.norm.std],  # what the inputs were scaled by
     }
@@ -239,6 +244,9 @@ def load_checkpoint(
     result.history = list(state["history"])
     result.wall_s = float(state["wall_s"])
     result.precision = str(state.get("precision", ""))  # absent in checkpoints before it
+    result.samples_per_s = float(state.get("samples_per_s", 0.0))
+    result.padding_share = float(state.get("padding_share", 0.0))
+    result.data_wait_s = float(state.get("data_wait_s", 0.0))
 
 
 def train_step(
@@ -434,10 +442,14 @@ def train(
                     break
     finally:
         batches.close()
+    ran = result.steps * tc.batch_size - samples_before
+    if ran == 0 and result.resumed_from:
+        # A finished pretraining reused: its figures are the checkpoint's, and it stays as is.
+        model.eval()
+        return model, result
     result.data_wait_s = batches.wait_s
     result.padding_share = sampler.padding_share
     result.wall_s = time.perf_counter() - t0
-    ran = result.steps * tc.batch_size - samples_before
     result.samples_per_s = ran / max(time.perf_counter() - t_start, 1e-9)
     if checkpoint is not None and result.failed is None:
         save_checkpoint(checkpoint, model, opt, sampler, result, batches.rng_state)

@@ -241,7 +241,7 @@ def worker(
     import dataclasses
 
     from orchestrator.grid import expand
-    from orchestrator.runner import open_study, reap_lost, work
+    from orchestrator.runner import open_study, probe_finished, reap_lost, work
     from orchestrator.signals import stop_handled, stop_on_sigterm
     from orchestrator.spec import load_spec
 
@@ -266,6 +266,7 @@ def worker(
         trials = expand(spec)
         reap_lost(st)
         st.ledger.sync(trials, spec.max_attempts)
+        probe_finished(st, trials, _say)  # tasks added since they finished: no retraining
         stop_on_sigterm()
         try:
             ran, failed = work(st, trials, _say)
@@ -471,10 +472,61 @@ def ui(
 
     with user_errors():
         spec = load_spec(experiments, output)
+        landing = _mlflow_landing(spec)
     cmd = ui_command(spec.mlflow_uri, port, host)
     cmd[0] = str(Path(sys.executable).with_name("mlflow"))
-    _say(f"MLflow UI: http://{host}:{port}  (Ctrl-C to stop)")
+    _say(f"MLflow UI: http://{host}:{port}/{landing}  (Ctrl-C to stop)")
     raise typer.Exit(subprocess.call(cmd, env=dict(os.environ)))
+
+
+def _mlflow_landing(spec) -> str:  # noqa: ANN001
+    """The link's path to the study's runs in the MLflow UI (its experiment marked as model
+    training, the trials' columns kept on it); empty while the study has no MLflow data."""
+    from sqlalchemy.engine import make_url
+
+    from orchestrator.grid import expand
+    from orchestrator.prepare import check_storage
+    from orchestrator.tracking import ui_landing
+
+    uri = spec.mlflow_uri
+    if uri.startswith("sqlite"):
+        if not Path(make_url(uri).database or "").is_file():
+            return ""  # never run: the UI starts on an empty store, as before
+    else:
+        check_storage(spec, ("mlflow",))  # a server that does not answer: one line, at once
+    tasks = dict.fromkeys(task for t in expand(spec) for task in t.recipe.probe.tasks)
+    return ui_landing(uri, spec.study, list(tasks))
+
+
+@app.command()
+def dashboard(
+    experiments: Experiments = Path("experiments.yaml"),
+    output: Output = None,
+    port: Annotated[int, typer.Option(help="Port of the Optuna dashboard.")] = 8080,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback by default).")
+    ] = "127.0.0.1",
+) -> None:
+    """Serve optuna-dashboard on the study's Optuna storage, the ledger of its trials
+    (127.0.0.1 unless --host)."""
+    from db.engine import mask_url
+    from orchestrator.dashboard import listen, open_ledger, url
+    from orchestrator.spec import load_spec
+
+    with user_errors():
+        spec = load_spec(experiments, output)
+        storage, study_id = open_ledger(spec)
+        server = listen(storage, host, port)
+    _say(
+        f"Optuna dashboard: {url(host, server.server_address[1], study_id)}  "
+        f"(study {spec.study} in {mask_url(spec.optuna_url)}; Ctrl-C to stop)"
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 ExperimentsOpt = Annotated[
@@ -573,6 +625,59 @@ def embed(
         s = embed_folder(checkpoint, audio_dir, out, encoder, skip_bad, log=_say)
     extra = f", {len(s.skipped)} skipped" if s.skipped else ""
     _say(f"{s.files} files{extra} -> {s.out} ({s.dim}-d embeddings)")
+
+
+@app.command()
+def probe(
+    target: Annotated[
+        Path,
+        typer.Argument(
+            help="An experiments file (every finished trial of its study), or a trial "
+            "checkpoint (abl-out/checkpoints/KEY.pt) or export (one encoder)."
+        ),
+    ] = Path("experiments.yaml"),
+    task: Annotated[
+        list[str], typer.Option("--task", help="A task to score on (repeat for more).")
+    ] = [],  # noqa: B006
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the table (.csv or .parquet).")
+    ] = None,
+    encoder: Annotated[
+        str, typer.Option(help="For a checkpoint: context (online) or target (EMA) encoder.")
+    ] = "context",
+    experiments: ExperimentsOpt = None,
+    output: Output = None,
+) -> None:
+    """Score frozen encoders on tasks, without training: built-in tasks or your own. For a
+    study, the scores are added to its results (table, MLflow) and printed; a trial that
+    already has a task's score is not probed again."""
+    import pandas as pd
+
+    from orchestrator.probing import probe_checkpoint, probe_study, write_table
+    from orchestrator.spec import load_spec
+
+    with user_errors():
+        if not task:
+            raise AblError("abl probe: name at least one task with --task, e.g. --task env-sfx")
+        tasks = list(dict.fromkeys(task))
+        if target.suffix in (".yaml", ".yml"):
+            spec = load_spec(target, output)
+            from orchestrator.prepare import check_storage
+
+            check_storage(spec)
+            df = probe_study(spec, tasks, _say)
+        elif target.suffix == ".pt":
+            data, declared, _ = _data_context(None, experiments)
+            df = probe_checkpoint(target, tasks, encoder, data, declared, _say)
+        else:
+            raise AblError(
+                f"{target}: pass an experiments file (.yaml) or a checkpoint or export (.pt)"
+            )
+        with pd.option_context("display.width", 200, "display.max_rows", 500):
+            _say(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        if out is not None:
+            write_table(df, out)
+            _say(f"{len(df)} rows -> {out}")
 
 
 @app.command("export-best")

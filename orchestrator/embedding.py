@@ -139,7 +139,9 @@ def export_best(spec: StudySpec, out: Path | None = None) -> Best:
     pick = per_trial[(per_trial["axis"] == axis) & (per_trial["setting"] == setting)]
     row = pick.loc[pick["value"].idxmax()]
     key = str(row["key"])
-    ckpt = spec.output / "checkpoints" / f"{key}.pt"
+    # Named by the trial's pretraining (rows from before that column: by the trial key).
+    pretrain = df.loc[df["key"] == key, "pretrain"].dropna()
+    ckpt = spec.output / "checkpoints" / f"{pretrain.iloc[0] if len(pretrain) else key}.pt"
     if not ckpt.is_file():
         raise AblError(f"{ckpt}: the best trial's checkpoint is missing; re-run that trial")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)

@@ -1,7 +1,9 @@
 """Expand a study spec into trial cells keyed by a content hash of config plus seed.
 
 Every design (ofat, factorial, list) yields the same kind of cell, and the key depends on the
-resolved recipe and the seed only, so a cell reached by two designs is one result.
+resolved recipe and the seed only, so a cell reached by two designs is one result. Two keys:
+the pretraining (the recipe without its probe section) and the trial (the pretraining and the
+probe settings, not the probe tasks); see `trial_key`.
 """
 
 from __future__ import annotations
@@ -33,15 +35,54 @@ NON_SEMANTIC = {
 
 
 def semantic_config(recipe: RecipeConfig) -> dict[str, Any]:
+    """The recipe as recorded with a trial (results table, MLflow params): every setting that
+    changes what it computes."""
     d = dataclasses.asdict(recipe)
     for section, key in NON_SEMANTIC:
         d[section].pop(key, None)
     return d
 
 
+# How keys stay stable across versions (docs/keys.md). A key hashes what was computed, as
+# JSON with sorted keys; it never hashes where data lives (a data set's root) nor bookkeeping
+# (NON_SEMANTIC). Key version 2 hashes every recipe field that exists in it (KEYED_V2 in
+# tests/test_keys.py pins the list). A field added later must come with its neutral value:
+# the value that computes what trials computed before the field existed. A recipe holding the
+# neutral value hashes as if the field were absent, so trials that ran before it keep their keys.
+KEY_NEUTRAL: dict[str, Any] = {}
+
+
+def _keyed(recipe: RecipeConfig) -> dict[str, Any]:
+    d = json.loads(json.dumps(semantic_config(recipe), default=str))  # tuples as lists
+    d["data"]["tasks"] = [{k: v for k, v in t.items() if k != "root"} for t in d["data"]["tasks"]]
+    for path, neutral in KEY_NEUTRAL.items():
+        section, name = path.split(".")
+        if name in d[section] and d[section][name] == json.loads(json.dumps(neutral)):
+            del d[section][name]
+    return d
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def pretrain_key(recipe: RecipeConfig, seed: int) -> str:
+    """What is pretrained: the recipe without its probe section (and of the declared data sets
+    only those pretraining reads, by name, format and options), and the seed. Checkpoints are
+    kept under it, so trials that differ only in how they are probed share one pretraining."""
+    d = _keyed(recipe)
+    del d["probe"]
+    d["data"]["tasks"] = [t for t in d["data"]["tasks"] if t["name"] in recipe.data.corpus]
+    return _hash({"pretrain": d, "seed": seed})
+
+
 def trial_key(recipe: RecipeConfig, seed: int) -> str:
-    blob = json.dumps({"config": semantic_config(recipe), "seed": seed}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    """A trial: its pretraining and how its encoder is probed (encoder, protocol, folds,
+    layers, C grid), not which tasks: results are kept per task, so adding a task to
+    probe.tasks probes finished trials for it and retrains nothing."""
+    probe = _keyed(recipe)["probe"]
+    del probe["tasks"]
+    return _hash({"pretrain": pretrain_key(recipe, seed), "probe": probe})
 
 
 @dataclass(frozen=True)
@@ -52,6 +93,11 @@ class TrialSpec:
     setting: str  # that axis' value, the cell's "axis=value,..." text, the entry's name
     settings: dict[str, str]  # every axis' value in this trial, by axis name
     recipe: RecipeConfig
+
+    @property
+    def pretrain(self) -> str:
+        """The key of its pretraining (shared by trials that differ only in the probe)."""
+        return pretrain_key(self.recipe, self.seed)
 
     @property
     def label(self) -> str:

@@ -3,8 +3,10 @@ left. Each trial pretrains, probes and records its results in MLflow and the res
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -12,7 +14,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from db import queries
 from db.engine import init_db, make_engine
 from model.config import FrontendConfig, RecipeConfig, TaskDef
 from model.datasets import Clip, PreparedTask, load_task, resolve_data_root
-from model.embed import clip_embeddings
+from model.embed import clip_embeddings, load_encoder
 from model.errors import AblError, no_room
 from model.features import CropSampler, FeatureSet, Normalizer, corpus_normalizer, load_features
 from model.flops import train_step_flops
@@ -44,7 +46,7 @@ from orchestrator.grid import (
 from orchestrator.ledger import LOST, Claim, Ledger
 from orchestrator.prepare import check_storage
 from orchestrator.signals import stop_handled, stop_on_sigterm
-from orchestrator.spec import StudySpec
+from orchestrator.spec import StudySpec, with_value
 from orchestrator.tracking import Tracker, flatten
 
 Log = Callable[[str], None]
@@ -218,6 +220,19 @@ def encoder_features(
     return f
 
 
+@contextlib.contextmanager
+def pretraining_lock(ckpt: Path) -> Iterator[None]:
+    """Trials that share a pretraining (they differ only in the probe) train it one at a
+    time: the second waits, then finds the finished checkpoint and trains no step."""
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    with open(ckpt.with_suffix(".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def probed_encoder(model, recipe: RecipeConfig) -> ViT:  # noqa: ANN001
     return model.encoder if recipe.probe.encoder == "context" else model.target_encoder
 
@@ -358,6 +373,7 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         st.worker,
         claim.number if claim else None,
         run_id,
+        trial.pretrain,
     )
     if claim is not None:
         st.ledger.record_params(claim, trial.settings, axis_choices(st.spec))
@@ -366,22 +382,26 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
     try:
         sampler = st.bank.sampler(recipe, trial.seed)
         data_s = time.perf_counter() - t0
-        # The training state is checkpointed under the trial's key: a retried attempt (after a
-        # crash or Ctrl-C) resumes where the last checkpoint left it.
-        ckpt = st.checkpoints / f"{trial.key}.pt"
-        model, result = train(
-            recipe,
-            sampler,
-            trial.seed,
-            on_log=progress_bar(recipe.train.steps, recipe.train.batch_size),
-            on_eval=(
-                intermediate_probe(st, trial, claim, run_id, knn)
-                if recipe.train.eval_every
-                else None
-            ),
-            checkpoint=ckpt,
-        )
-        if result.resumed_from:
+        # The training state is checkpointed under the pretraining's key: a retried attempt
+        # (after a crash or Ctrl-C) resumes where the last checkpoint left it, and a trial that
+        # differs from a finished one only in its probe settings trains no step.
+        ckpt = st.checkpoints / f"{trial.pretrain}.pt"
+        with pretraining_lock(ckpt):
+            model, result = train(
+                recipe,
+                sampler,
+                trial.seed,
+                on_log=progress_bar(recipe.train.steps, recipe.train.batch_size),
+                on_eval=(
+                    intermediate_probe(st, trial, claim, run_id, knn)
+                    if recipe.train.eval_every
+                    else None
+                ),
+                checkpoint=ckpt,
+            )
+        if result.resumed_from >= recipe.train.steps:
+            log(f"  {trial.label}: its pretraining ({trial.pretrain[:10]}) is done; probing it")
+        elif result.resumed_from:
             log(f"  resumed {trial.label} from its checkpoint at step {result.resumed_from}")
         curves = [
             (k, v, int(rec["step"]))
@@ -610,26 +630,27 @@ def run_references(st: Study, log: Log, share: tuple[int, int] = (0, 1)) -> None
     log-mel statistics, so local workers split them and none runs twice."""
     recipe = st.spec.baseline
     norm = st.bank.normalizer(recipe)
-    done = set(
-        queries.results_frame(st.engine, st.spec.study).query(
-            "axis == 'reference' and status == 'done'"
-        )["key"]
-    )
+    have = queries.probed_tasks(st.engine, st.spec.study)
     part, parts = share
     jobs = [(seed, "random-init") for seed in st.spec.seeds[part::parts]]
     if part == 0:
         jobs.append((-1, "logmel-stats"))
     for seed, name in jobs:
         key = "ref-" + trial_key(recipe, seed)[:12] + "-" + name
-        if key in done:
+        missing = _missing(recipe, have.get(key))
+        if not missing:
             continue
         t0 = time.perf_counter()
+        part_recipe = with_value(recipe, "probe.tasks", missing)
         if name == "random-init":
             torch.manual_seed(seed)
             enc = ViT(recipe.encoder, recipe.frontend.n_mels, recipe.frontend.frames).eval()
-            scores = score(encoder_features(enc, recipe, norm), recipe, st.bank)
+            scores = score(encoder_features(enc, part_recipe, norm), part_recipe, st.bank)
         else:
-            scores = score(lambda fs, _name: logmel_stats(fs, norm), recipe, st.bank)
+            scores = score(lambda fs, _name: logmel_stats(fs, norm), part_recipe, st.bank)
+        if key in have:  # scored before, on fewer tasks: add the new ones
+            _add_scores(st, have[key], scores, f"reference {name} seed={seed}", log)
+            continue
         tags = {
             "abl.role": "reference",
             "abl.study": st.spec.study,
@@ -661,6 +682,48 @@ def run_references(st: Study, log: Log, share: tuple[int, int] = (0, 1)) -> None
         )
         accs = ", ".join(f"{t} {v:.3f}" for (t, m), v in scores.metrics.items() if m == "accuracy")
         log(f"  reference {name} seed={seed}: accuracy {accs}")
+
+
+def _missing(recipe: RecipeConfig, have: tuple[int, str | None, set[str]] | None) -> tuple:
+    """The probe tasks of `recipe` a finished row has no score for (all of them without one)."""
+    return tuple(t for t in recipe.probe.tasks if have is None or t not in have[2])
+
+
+def _add_scores(st: Study, have: tuple, scores: ProbeScores, label: str, log: Log) -> None:
+    row, run_id, _ = have
+    queries.add_scores(st.engine, row, scores.metrics, scores.predictions)
+    if run_id:
+        st.tracker.log_metrics(run_id, [(f"{t}.{m}", v, 0) for (t, m), v in scores.metrics.items()])
+    accs = ", ".join(f"{t} {v:.3f}" for (t, m), v in scores.metrics.items() if m == "accuracy")
+    log(f"  probed {label} on its new task(s): accuracy {accs}")
+
+
+def probe_finished(st: Study, trials: list[TrialSpec], log: Log) -> int:
+    """Probe the study's finished trials on the tasks of their probe.tasks they have no score
+    for (tasks added since they ran), from their checkpoints: nothing is retrained. Scores go
+    to the trial's row and MLflow run. Returns how many trials were probed."""
+    have = queries.probed_tasks(st.engine, st.spec.study)
+    n = 0
+    for trial in trials:
+        if trial.key not in have:
+            continue  # not finished: its run probes every task
+        missing = _missing(trial.recipe, have[trial.key])
+        if not missing:
+            continue
+        ckpt = st.checkpoints / f"{trial.pretrain}.pt"
+        if not ckpt.is_file():
+            log(
+                f"  cannot probe {trial.label} on {', '.join(missing)}: its checkpoint "
+                f"{ckpt} is gone (restore it, or delete the trial's row to retrain it)"
+            )
+            continue
+        recipe = with_value(trial.recipe, "probe.tasks", missing)
+        encoder = load_encoder(ckpt, recipe.probe.encoder).vit
+        emb_dir = st.spec.output / "embeddings" / trial.key
+        features = encoder_features(encoder, recipe, st.bank.normalizer(recipe), emb_dir)
+        _add_scores(st, have[trial.key], score(features, recipe, st.bank), trial.label, log)
+        n += 1
+    return n
 
 
 @dataclass(frozen=True)
@@ -817,6 +880,8 @@ def run_study(spec: StudySpec, log: Log = print, jobs: int = 1) -> RunSummary:
         f"study {spec.study}: {len(trials)} trials, {len(trials) - len(todo)} already finished, "
         f"{len(todo)} to run" + (f" on {jobs} workers" if jobs > 1 else "")
     )
+    if probe_finished(st, trials, log):
+        log("finished trials probed on their new tasks; no training was needed for them")
     if jobs <= 1 or len(todo) <= 1:
         run_references(st, log)
         ran, failed = work(st, trials, log)

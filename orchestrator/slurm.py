@@ -383,8 +383,9 @@ class SlurmWorker:
         import torch
         from threadpoolctl import threadpool_limits
 
+        from orchestrator.grid import expand
         from orchestrator.ledger import HEARTBEAT_S
-        from orchestrator.runner import open_study, run_references
+        from orchestrator.runner import open_study, probe_finished, run_references
         from orchestrator.signals import raise_on, stop_handled, stop_on_sigterm
 
         stop_on_sigterm()  # replaces submitit's handler, which ignores SIGTERM
@@ -401,6 +402,8 @@ class SlurmWorker:
             st.worker = f"slurm:{job}@{socket.gethostname()}:{os.getpid()}"
             st.worker += f" gpu={gpus}" if gpus else ""
             say(f"worker {st.worker}: study {self.spec.study}, {threads} thread(s)")
+            if index == 0:  # finished trials missing a task added since: probed, not retrained
+                probe_finished(st, expand(self.spec), say)
             run_references(st, say, (index, self.workers))
             ran, failed = self._work(st, say, HEARTBEAT_S)
         except Preempted:

@@ -380,11 +380,17 @@ def _check_varies(path: str, source: str, what: str) -> None:
             "it computes (it is not part of the trial key), so it cannot vary between trials; "
             f"set it once under baseline.{path}"
         )
+    if path == "probe.tasks":
+        raise AblError(
+            f"{source}: {what} 'probe.tasks' cannot vary between trials: every trial is probed "
+            "on every task of baseline.probe.tasks (adding a task there later probes the "
+            "finished trials and retrains nothing); list the tasks under baseline.probe.tasks"
+        )
     hint = typing.get_type_hints(SECTIONS[section])[key]
     if any(dataclasses.is_dataclass(a) for a in (hint, *typing.get_args(hint))):
         raise AblError(
             f"{source}: {what} {path!r} cannot vary between trials; declare it once under "
-            f"baseline.{path} (vary the tasks a trial uses with probe.tasks or data.corpus)"
+            f"baseline.{path} (vary the pretraining audio with data.corpus)"
         )
 
 
@@ -528,11 +534,19 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
                     f"names unknown task {n!r}; {_suggest(n, known_tasks)} "
                     "(declare your own under data.tasks)",
                 )
+    own = {t.name: t.format for t in r.data.tasks}
     for n in r.probe.tasks:
         if getattr(TASKS.get(n), "unlabelled", False):
             raise bad(
                 "probe.tasks",
                 f"lists {n!r}, unlabelled pretraining audio; probe labelled tasks only",
+            )
+        if n in own and getattr(FORMATS.get(own[n].strip().lower()), "unlabelled", False):
+            raise bad(
+                "probe.tasks",
+                f"lists {n!r}, a task of format {own[n]} (unlabelled pretraining audio, nothing "
+                "to probe); name it under data.corpus and probe labelled tasks (format folder, "
+                "csv, ...) only",
             )
     if not r.data.corpus:
         raise bad("data.corpus", "is empty; list at least one task, e.g. [env-sfx]")
@@ -552,8 +566,12 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("loss.var_weight", "and loss.cov_weight must be >= 0 (0: off)")
     if r.probe.protocol not in PROTOCOLS:
         raise bad("probe.protocol", f"= {r.probe.protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    if r.probe.folds < 2:
-        raise bad("probe.folds", f"= {r.probe.folds} must be at least 2")
+    if r.probe.folds < 3:
+        raise bad(
+            "probe.folds",
+            f"= {r.probe.folds} must be at least 3 (each fold tests once, the next one "
+            "validates the regularisation, the others train)",
+        )
     if not 1 <= r.probe.layers <= enc.depth:
         raise bad(
             "probe.layers",
@@ -565,7 +583,8 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
             "data.corpus",
             f"lists probe task {shared[0]!r}: under probe.protocol: cv every labelled clip is "
             "a test clip once, so pretraining on it leaks test audio; pretrain on unlabelled "
-            "audio (e.g. corpus-0ad, corpus-wesnoth, corpus-speech) or use probe.protocol: split",
+            "audio (corpus-0ad, corpus-wesnoth, corpus-speech, or your own recordings as a task "
+            "of format corpus) or use probe.protocol: split",
         )
 
 
@@ -686,7 +705,7 @@ def _validate_factorial(
 def _parse_configs(raw: Any, baseline: RecipeConfig, source: str) -> tuple[ConfigEntry, ...]:
     """`configs: [{name: m2d-like, mask.ratio: 0.7}, ...]`, values checked as axis values are."""
     # grid imports this module; the content key is its business, so borrow it at call time.
-    from orchestrator.grid import semantic_config
+    from orchestrator.grid import trial_key
 
     if not isinstance(raw, list) or not raw:
         raise AblError(
@@ -694,7 +713,7 @@ def _parse_configs(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Confi
             "{name: m2d-like, mask.strategy: unstructured, mask.ratio: 0.7}"
         )
     entries: list[ConfigEntry] = []
-    seen: list[tuple[str, dict[str, Any]]] = [("the baseline", semantic_config(baseline))]
+    seen: list[tuple[str, str]] = [("the baseline", trial_key(baseline, 0))]
     for i, body in enumerate(raw):
         where = f"configs[{i}]"
         if not isinstance(body, dict):
@@ -723,7 +742,7 @@ def _parse_configs(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Confi
         )
         recipe = entry.apply(baseline)
         validate_recipe(recipe, f"{where} ({entry.name}): ", source)
-        config = semantic_config(recipe)
+        config = trial_key(recipe, 0)
         for other, other_config in seen:
             if config == other_config:
                 fix = (

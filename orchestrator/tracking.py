@@ -13,10 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
+
+# The experiment's kind ("Machine learning" in the UI): MLflow 3 UIs before the global GenAI /
+# model-training switch open a "custom_model_development" experiment on its runs, not on its
+# GenAI traces. MLflow 3.17's UI goes by the link's `workflowType` instead (ui_landing).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING = "custom_model_development"
+# A view of the runs table kept as an experiment tag, as the UI's "Share" button keeps one, and
+# opened by a link with `viewStateShareKey`: the axis, setting, seed and probe accuracies as
+# columns (MLflow's runs table shows no metric or tag column until one is chosen). A shared
+# view cannot expand a parent run: the trials stay nested, one click away, under the study's.
+VIEW_TAG = "mlflow.sharedViewState."
+VIEW_KEY = "abl-trials"
 
 logging.getLogger("alembic").setLevel(logging.WARNING)
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -71,10 +84,11 @@ class Tracker:
             # Without an explicit location MLflow puts artifacts under the current directory.
             location = artifacts.resolve().as_uri() if artifacts is not None else None
             self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location
+                experiment, artifact_location=location, tags={EXPERIMENT_KIND: TRAINING}
             )
         else:
             self.experiment_id = exp.experiment_id
+            mark_training(self.client, exp)  # a study created before abl set the kind
 
     def study_run(self, study: str) -> str:
         """The parent run of a study, created once and found again on resume."""
@@ -122,6 +136,45 @@ class Tracker:
         """Close a run its worker could not close (it was killed): FAILED, with the reason."""
         self.set_tags(run_id, {"abl.error": reason})
         self.end_run(run_id, ok=False)
+
+
+def mark_training(client: MlflowClient, exp: Any) -> None:
+    """Tag an experiment as model training, for the MLflow UI to open on its runs."""
+    if exp.tags.get(EXPERIMENT_KIND) != TRAINING:
+        try:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, TRAINING)
+        except MlflowException:
+            pass  # workers opening an old study at once: another one wrote it first
+
+
+def trials_view(tasks: list[str]) -> dict[str, Any]:
+    """The runs table as `abl ui` opens it: the trials' axis, setting and seed and each task's
+    probe accuracy as columns (keys as the MLflow UI writes them: TYPE.`NAME`)."""
+    columns = ["tags.`abl.axis`", "tags.`abl.setting`", "tags.`abl.seed`"]
+    return {"selectedColumns": columns + [f"metrics.`{task}.accuracy`" for task in tasks]}
+
+
+def ui_landing(tracking_uri: str, study: str, tasks: list[str]) -> str:
+    """The part of the MLflow UI's URL after the host that opens the study's runs (empty when
+    the study has no experiment yet); marks the experiment as model training and keeps the
+    trials' view on it. MLflow 3.17's UI chooses between its GenAI view (traces) and its
+    model-training view (runs) by the `workflowType` of the link, else by the browser's last
+    choice, GenAI at first; earlier MLflow 3 UIs by the experiment's kind tag: the link and the
+    tag cover both."""
+    import json
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        return ""
+    mark_training(client, exp)
+    view = json.dumps(trials_view(tasks))
+    if exp.tags.get(VIEW_TAG + VIEW_KEY) != view:
+        client.set_experiment_tag(exp.experiment_id, VIEW_TAG + VIEW_KEY, view)
+    return (
+        f"#/experiments/{exp.experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    )
 
 
 def ui_command(tracking_uri: str, port: int, host: str = "127.0.0.1") -> list[str]:

@@ -38,3 +38,19 @@ def children(pid: int) -> list[int]:
             if fields is not None and int(fields[1]) == pid:
                 kids.append(int(entry.name))
     return kids
+
+
+def checkpoint_of(out: Path, key: str) -> Path:
+    """The checkpoint of the trial `key` of a study writing into `out` (SQLite results): named
+    by its pretraining's key, which trials differing only in the probe share."""
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{out / 'results.db'}?mode=ro", uri=True, timeout=60)
+        try:
+            row = db.execute("select pretrain from trials where key = ?", (key,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        row = None
+    return out / "checkpoints" / f"{(row and row[0]) or key}.pt"

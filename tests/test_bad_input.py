@@ -303,3 +303,10 @@ def test_a_finite_file_still_loads(tmp_path):
             v = getattr(getattr(spec.baseline, section), f.name)
             for x in v if isinstance(v, tuple) else (v,):
                 assert not isinstance(x, float) or math.isfinite(x)
+
+
+def test_cross_validation_needs_three_folds(tmp_path):
+    """One fold tests, the next validates the regularisation: two folds leave nothing to train
+    on (it once crashed inside the probe)."""
+    for folds in (0, 1, 2):
+        refused(tmp_path, write(tmp_path, set_baseline("probe.folds", folds)), ["probe.folds", "3"])

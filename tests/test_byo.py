@@ -353,6 +353,7 @@ def test_byo_source_registry(tmp_path: Path) -> None:
         "nsynth",
         "crema-d",
         "voxceleb1",
+        "corpus",
     }
     src = byo_source("ESC50", "my-esc", str(tmp_path), test_fold=2)
     assert isinstance(src, ESC50Task)

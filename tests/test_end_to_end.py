@@ -48,6 +48,9 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp_obj = client.get_experiment_by_name("tiny")
     assert exp_obj is not None
+    # Marked as model training: MLflow 3 UIs that read the kind open it on its runs.
+    assert exp_obj.tags["mlflow.experimentKind"] == "custom_model_development"
+    study_run = client.search_runs([exp_obj.experiment_id], "tags.`abl.role` = 'study'")[0]
     runs = client.search_runs([exp_obj.experiment_id], "tags.`abl.role` = 'trial'")
     assert len(runs) == 2
     by_key = {r.data.tags["abl.key"]: r for r in runs}
@@ -57,7 +60,7 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
         assert run.info.status == "FINISHED"
         assert run.data.params["mask.strategy"] == ("time" if setting == "time" else "unstructured")
         assert 0.0 <= run.data.metrics["env-sfx.accuracy"] <= 1.0
-        assert run.data.tags["mlflow.parentRunId"]
+        assert run.data.tags["mlflow.parentRunId"] == study_run.info.run_id  # nested under it
         history = client.get_metric_history(run_id, "loss")
         assert [m.step for m in history] == [0, 1, 2]
         # The intermediate k-NN signal at every evaluation step, and the probe's own costs.

@@ -21,7 +21,7 @@ from db.engine import make_engine
 from orchestrator.spec import load_spec
 from tests.pages import own_text
 from tests.pg import postgres_url, storage  # noqa: F401
-from tests.procs import alive, children, wait_for
+from tests.procs import alive, checkpoint_of, children, wait_for
 
 ABL = str(Path(sys.executable).with_name("abl"))
 FAST_REAP = {"ABL_HEARTBEAT_S": "1", "ABL_GRACE_S": "3"}  # a lost worker is noticed in 3 s
@@ -138,9 +138,7 @@ def _training(exp: Path) -> set[str]:
     except Exception:  # the database is not there yet
         return set()
     out = load_spec(exp).output
-    return {
-        k for k, s, _, _ in rows if s == "running" and (out / "checkpoints" / f"{k}.pt").exists()
-    }
+    return {k for k, s, _, _ in rows if s == "running" and checkpoint_of(out, k).exists()}
 
 
 def test_a_coordinator_killed_mid_study_takes_its_workers_down_and_resumes(

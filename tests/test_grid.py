@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import typing
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 import yaml
 
 from model.config import RecipeConfig, TaskDef
-from orchestrator.grid import NON_SEMANTIC, axis_choices, expand, semantic_config, trial_key
+from orchestrator.grid import NON_SEMANTIC, axis_choices, expand, pretrain_key, trial_key
 from orchestrator.spec import Axis, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,27 +75,22 @@ def _moved(recipe: RecipeConfig, section: str, name: str) -> RecipeConfig:
     return dataclasses.replace(recipe, **{section: changed})
 
 
-def test_the_key_is_the_hash_of_the_semantic_config_and_seed():
-    # Pinned: changing how the key is computed would orphan every stored result.
-    base = load_spec(ROOT / "experiments.yaml").baseline
-    blob = json.dumps({"config": semantic_config(base), "seed": 3}, sort_keys=True)
-    assert trial_key(base, 3) == hashlib.sha256(blob.encode()).hexdigest()[:20]
-    assert len(trial_key(base, 3)) == 20
-    assert trial_key(base, 0) == trial_key(base, 0)
-    assert trial_key(base, 0) != trial_key(base, 1)
-    assert {k for k, _ in NON_SEMANTIC} <= set(semantic_config(base))
-    assert all(n not in semantic_config(base)[s] for s, n in NON_SEMANTIC)
-
-
 @pytest.mark.parametrize(("section", "name"), SETTINGS, ids=[f"{s}.{n}" for s, n in SETTINGS])
 def test_each_setting_in_the_key_changes_it_and_each_left_out_does_not(section, name):
+    """Bookkeeping changes neither key; a probe setting changes the trial's key but not its
+    pretraining's, except the tasks, which change neither (results are kept per task);
+    everything else changes both."""
     base = load_spec(ROOT / "experiments.yaml").baseline
     moved = _moved(base, section, name)
     assert moved != base
-    if (section, name) in NON_SEMANTIC:
-        assert trial_key(moved, 0) == trial_key(base, 0)
+    same_trial = trial_key(moved, 0) == trial_key(base, 0)
+    same_pretraining = pretrain_key(moved, 0) == pretrain_key(base, 0)
+    if (section, name) in NON_SEMANTIC or (section, name) == ("probe", "tasks"):
+        assert same_trial and same_pretraining
+    elif section == "probe":
+        assert not same_trial and same_pretraining
     else:
-        assert trial_key(moved, 0) != trial_key(base, 0)
+        assert not same_trial and not same_pretraining
 
 
 def test_settings_left_out_of_the_key_are_the_bookkeeping_ones():
@@ -111,14 +104,29 @@ def test_settings_left_out_of_the_key_are_the_bookkeeping_ones():
     }
 
 
-def test_a_declared_data_set_is_in_the_key():
+def test_a_declared_data_set_is_keyed_by_what_it_is_not_where_it_lives():
     base = load_spec(ROOT / "experiments.yaml").baseline
     mine = TaskDef("mine", "folder", "/data/mine")
-    with_task = dataclasses.replace(base, data=dataclasses.replace(base.data, tasks=(mine,)))
-    elsewhere = dataclasses.replace(
-        base, data=dataclasses.replace(base.data, tasks=(dataclasses.replace(mine, root="/x"),))
+
+    def declared(*tasks, corpus=base.data.corpus):
+        return dataclasses.replace(
+            base, data=dataclasses.replace(base.data, tasks=tasks, corpus=corpus)
+        )
+
+    moved = dataclasses.replace(mine, root="/elsewhere/mine")
+    other = dataclasses.replace(mine, options='{"exclude": ["x"]}')
+    # Moving a data set to another disk is not a different computation.
+    assert trial_key(declared(moved), 0) == trial_key(declared(mine), 0)
+    # A data set only probed is not part of what is pretrained, nor of the trial key (its
+    # scores are kept under its name); one pretrained on is, with its format and options.
+    assert trial_key(declared(mine), 0) == trial_key(base, 0)
+    corpus = (*base.data.corpus, "mine")
+    assert pretrain_key(declared(mine, corpus=corpus), 0) != pretrain_key(
+        declared(other, corpus=corpus), 0
     )
-    assert len({trial_key(r, 0) for r in (base, with_task, elsewhere)}) == 3
+    assert pretrain_key(declared(moved, corpus=corpus), 0) == pretrain_key(
+        declared(mine, corpus=corpus), 0
+    )
 
 
 def _keys(tmp_path: Path, name: str, **top) -> dict[str, str]:

@@ -113,6 +113,8 @@ def test_a_root_without_its_formats_layout_is_refused_before_writing(tmp_path, f
     exp = experiments(tmp_path, root="empty")
     spec = yaml.safe_load(exp.read_text())
     spec["baseline"]["data"]["tasks"]["mine"]["format"] = fmt
+    if getattr(FORMATS[fmt], "unlabelled", False):  # pretraining audio only: probe another
+        spec["baseline"]["probe"]["tasks"] = ["env-sfx"]
     exp.write_text(yaml.safe_dump(spec))
     with pytest.raises(AblError) as err:
         check_data(load_spec(exp), tmp_path / "cache")

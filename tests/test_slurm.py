@@ -31,7 +31,7 @@ from orchestrator.ledger import open_storage
 from orchestrator.slurm import batch_script, log_file
 from orchestrator.spec import load_spec
 from tests.pg import create_database, postgres_url  # noqa: F401
-from tests.procs import wait_for
+from tests.procs import checkpoint_of, wait_for
 from tests.slurm import slurm_cluster  # noqa: F401
 
 ABL = str(Path(sys.executable).with_name("abl"))
@@ -137,16 +137,14 @@ def _running_job(exp: Path) -> tuple[str, str]:
     ]
     if not running:
         raise AssertionError("no trial is running")
-    saved = [r for r in running if (out / "checkpoints" / f"{r[0]}.pt").exists()]
+    saved = [r for r in running if checkpoint_of(out, r[0]).exists()]
     return (saved or running)[0]
 
 
 def _checkpointed(exp: Path) -> bool:
     """A trial is running and has written a checkpoint."""
     out = load_spec(exp).output
-    return any(
-        (out / "checkpoints" / f"{k}.pt").exists() for k, s, *_ in _rows(exp) if s == "running"
-    )
+    return any(checkpoint_of(out, k).exists() for k, s, *_ in _rows(exp) if s == "running")
 
 
 def _start_requeued(env: dict, job: str, timeout: float = 300) -> None:

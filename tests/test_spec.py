@@ -314,6 +314,7 @@ def test_every_command_explains_itself():
         "status",
         "export",
         "ui",
+        "dashboard",
         "data",
         "data prepare",
         "data list",

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from tests.procs import wait_for
+from tests.procs import checkpoint_of, wait_for
 
 runner = CliRunner()
 ABL = [str(Path(sys.executable).with_name("abl"))]
@@ -175,7 +175,7 @@ def _training(out: Path) -> set[str]:
         rows = db.execute("select key from trials where status = 'running'").fetchall()
     except sqlite3.Error:
         return set()
-    return {k for (k,) in rows if (out / "checkpoints" / f"{k}.pt").exists()}
+    return {k for (k,) in rows if checkpoint_of(out, k).exists()}
 
 
 def _released(out: Path) -> set[str]:
