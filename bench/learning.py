@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import yaml
 
-from model.datasets import prepare_task, resolve_data_root
+from model.data.datasets import prepare_task, resolve_data_root
 from model.train import train
 from model.vit import ViT
-from orchestrator.runner import DataBank, encoder_features, score
+from orchestrator.bank import DataBank
+from orchestrator.probing import encoder_features, score
 from orchestrator.spec import _coerce, load_spec, recipe_field, with_value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,8 +138,7 @@ def main() -> None:
         c = np.array([r["context"] - r["random"] for r in sel])
         t = np.array([r["target"] - r["random"] for r in sel])
         per_seed = [
-            np.mean([r["context"] - r["random"] for r in sel if r["seed"] == s])
-            for s in args.seeds
+            np.mean([r["context"] - r["random"] for r in sel if r["seed"] == s]) for s in args.seeds
         ]
         print(
             f"  {steps:5d} steps: context {c.mean():+.3f} +- {c.std():.3f}, "

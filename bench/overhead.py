@@ -27,8 +27,8 @@ from bench.common import Figure, default_out, keep
 from bench.throughput import jepa_step_time
 from db import queries
 from db.engine import make_engine
-from orchestrator.runner import run_study
 from orchestrator.spec import load_spec
+from orchestrator.workers import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from bench.common import Figure, default_out, keep
-from model.datasets import prepare_task, resolve_data_root
-from model.features import CropSampler
+from model.data.datasets import prepare_task, resolve_data_root
+from model.data.features import CropSampler
 from model.train import train
-from orchestrator.runner import DataBank, encoder_features, score
+from orchestrator.bank import DataBank
+from orchestrator.probing import encoder_features, score
 from orchestrator.spec import load_spec, with_value
 
 ROOT = Path(__file__).resolve().parents[1]

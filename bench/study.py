@@ -26,8 +26,8 @@ from bench.common import Figure, default_out, keep
 from db import queries
 from db.engine import make_engine
 from orchestrator.grid import baseline_settings, expand
-from orchestrator.runner import default_jobs
 from orchestrator.spec import load_spec
+from orchestrator.workers import default_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MIN = 30.0

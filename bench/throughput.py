@@ -34,15 +34,15 @@ import torch
 
 from bench.common import Figure, default_out, keep
 from bench.plain_step import PlainStep
-from model.datasets import prepare_task, resolve_data_root
-from model.features import CropSampler
+from model.data.datasets import prepare_task, resolve_data_root
+from model.data.features import CropSampler
 from model.flops import train_step_flops, transformer_flops
 from model.jepa import JEPA
 from model.masks import sample_masks
 from model.precision import Choice, choose, native_bf16, use_attention
 from model.train import make_optimizer, param_groups, pick_device, step_timer, train, train_step
 from model.vit import ViT
-from orchestrator.runner import DataBank
+from orchestrator.bank import DataBank
 from orchestrator.spec import load_spec, with_value
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ from bench.common import Figure, default_out, keep
 from db import queries
 from db.engine import make_engine
 from orchestrator.grid import expand
-from orchestrator.runner import run_study
 from orchestrator.spec import load_spec, setting_text
+from orchestrator.workers import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -157,7 +157,7 @@ def probed_tasks(engine: Engine, study: str) -> dict[str, tuple[int, str | None,
 
 
 class ClipPredictions(Protocol):
-    """Per-clip predictions of one task (orchestrator.runner.TaskPredictions has this shape)."""
+    """Per-clip predictions of one task (orchestrator.probing.TaskPredictions has this shape)."""
 
     clips: np.ndarray
     groups: np.ndarray

@@ -29,7 +29,7 @@ class TaskDef:
     """A user's own labelled data set: `data.tasks.<name>: {format: esc50, root: /data/...}`."""
 
     name: str
-    format: str  # a layout of model.byo.FORMATS
+    format: str  # a layout of model.data.byo.FORMATS
     root: str
     options: str = "{}"  # the loader's extra options, as JSON (hashable, part of the trial key)
 

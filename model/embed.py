@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from model.config import RecipeConfig, recipe_from_dict
+from model.data.features import Normalizer
 from model.errors import AblError
-from model.features import Normalizer
 from model.frontend import log_mel
 from model.vit import ViT
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 
+from model.data.features import FeatureSet, Normalizer
 from model.embed import clip_embeddings
-from model.features import FeatureSet, Normalizer
 from model.vit import ViT
 
 

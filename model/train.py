@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from model.config import RecipeConfig
-from model.datasets import resolve_data_root
-from model.features import CropSampler
+from model.data.datasets import resolve_data_root
+from model.data.features import CropSampler
 from model.jepa import JEPA, StepOutput
 from model.masks import Masks, sample_masks
 from model.precision import STEPS, Choice, StepTimer, choose, use_attention

@@ -191,8 +191,8 @@ def run(
         if spec.launcher.name == "slurm":
             _run_slurm(spec, experiments, wait, report)
             return
-        from orchestrator.runner import default_jobs, run_study
         from orchestrator.signals import stop_handled, stop_on_sigterm
+        from orchestrator.workers import default_jobs, run_study
 
         if jobs is None:
             jobs = default_jobs()
@@ -241,9 +241,11 @@ def worker(
     import dataclasses
 
     from orchestrator.grid import expand
-    from orchestrator.runner import open_study, probe_finished, reap_lost, work
+    from orchestrator.probing import probe_finished
     from orchestrator.signals import stop_handled, stop_on_sigterm
     from orchestrator.spec import load_spec
+    from orchestrator.study import open_study, reap_lost
+    from orchestrator.workers import work
 
     with user_errors():
         spec = load_spec(experiments, output)
@@ -396,8 +398,9 @@ def status(experiments: Experiments = Path("experiments.yaml"), output: Output =
             f"running, {counts['failed']} failed, {pending} pending{eta}"
             + (f" ({pruned} pruned)" if pruned else "")
         )
-        from model.datasets import resolve_data_root
-        from orchestrator.runner import DataBank, data_summary, skipped_line
+        from model.data.datasets import resolve_data_root
+        from orchestrator.bank import DataBank
+        from orchestrator.study import data_summary, skipped_line
 
         bank = DataBank(resolve_data_root(spec.baseline.data.cache), spec.baseline.data.tasks)
         data = data_summary(spec, bank)
@@ -543,7 +546,7 @@ ExperimentsOpt = Annotated[
 def _data_context(data: Path | None, experiments: Path | None):  # noqa: ANN202
     """(data root, user task definitions, corpus tasks) from the options and the experiments
     file."""
-    from model.datasets import resolve_data_root
+    from model.data.datasets import resolve_data_root
     from orchestrator.spec import load_spec
 
     if experiments is None and Path("experiments.yaml").is_file():
@@ -564,7 +567,7 @@ def data_prepare(
     experiments: ExperimentsOpt = None,
 ) -> None:
     """Decode, split and cache the real-audio tasks (idempotent; seconds when done)."""
-    from model.datasets import TASKS, load_task, prepare_task, write_corpus_manifest
+    from model.data.datasets import TASKS, load_task, prepare_task, write_corpus_manifest
 
     with user_errors():
         root, custom, corpus = _data_context(data, experiments)
@@ -583,7 +586,7 @@ def data_prepare(
 @data_app.command("list")
 def data_list(data: DataRoot = None, experiments: ExperimentsOpt = None) -> None:
     """Each task with its classes, clip counts per split and total duration."""
-    from model.datasets import TASKS, load_task
+    from model.data.datasets import TASKS, load_task
 
     with user_errors():
         root, custom, _ = _data_context(data, experiments)
@@ -653,7 +656,7 @@ def probe(
     already has a task's score is not probed again."""
     import pandas as pd
 
-    from orchestrator.probing import probe_checkpoint, probe_study, write_table
+    from orchestrator.evaluate import probe_checkpoint, probe_study, write_table
     from orchestrator.spec import load_spec
 
     with user_errors():

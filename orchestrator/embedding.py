@@ -16,7 +16,7 @@ import torch
 
 from db import queries
 from db.engine import init_db, make_engine
-from model.audio import AudioError, load_audio
+from model.data.audio import AudioError, load_audio
 from model.embed import load_encoder
 from model.errors import AblError
 from orchestrator.spec import StudySpec

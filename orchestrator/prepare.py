@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from model.config import TaskDef
-from model.datasets import (
+from model.data.datasets import (
     META,
     load_task,
     prepare_task,
@@ -157,7 +157,7 @@ def check_storage(spec: StudySpec, keys: tuple[str, ...] = ("optuna", "results",
 
 
 def _layout_of(t: TaskDef) -> str:
-    from model.byo import FORMATS
+    from model.data.byo import FORMATS
 
     return FORMATS[t.format.strip().lower()].layout
 

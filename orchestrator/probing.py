@@ -1,126 +1,184 @@
-"""The probe stage on its own (`abl probe`): frozen encoders scored on tasks, no training.
-
-For a study, every finished trial and reference is probed on the tasks asked for, from its
-checkpoint; scores a trial already has are read back, new ones are added to its row in the
-results table and to its MLflow run (as when a task is added to `probe.tasks`). For one
-checkpoint or export, its encoder is scored with the probe settings it was trained with.
+"""The probe stage: frozen encoders' clip embeddings scored on every probe task (cross-validated
+or on the fixed splits), and finished trials probed on tasks added since they ran.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 
 from db import queries
-from model.config import TaskDef
-from model.datasets import prepare_task, resolve_data_root
-from model.embed import ENCODERS, load_encoder
+from model.config import RecipeConfig
+from model.data.datasets import Clip
+from model.data.features import FeatureSet, Normalizer
+from model.embed import load_encoder
 from model.errors import AblError
-from orchestrator.grid import expand
-from orchestrator.runner import (
-    DataBank,
-    Log,
-    encoder_features,
-    open_study,
-    probe_finished,
-    run_references,
-    score,
-)
-from orchestrator.spec import StudySpec, validate_recipe, with_value
-
-COLUMNS = ["trial", "key", "seed", "task", "accuracy", "macro_f1", "val_accuracy"]
+from model.probe import cv_folds, cv_probe, embed_clips, linear_probe
+from model.vit import ViT
+from orchestrator.bank import DataBank
+from orchestrator.grid import TrialSpec
+from orchestrator.spec import with_value
+from orchestrator.study import Log, Study
 
 
-def _prepare(tasks: list[str], root: Path, declared: tuple[TaskDef, ...], log: Log) -> None:
-    for name in tasks:
-        prepare_task(name, root, log=log, custom=declared)  # at once when prepared already
+@dataclass(frozen=True)
+class TaskPredictions:
+    """Per-clip test predictions of one task, for the results database: `clips` index the
+    task's labelled clips sorted by file (Bank.clips(task, "all")), `groups` index its sorted
+    groups, so two trials' predictions pair clip by clip."""
+
+    clips: np.ndarray  # (n,) int
+    groups: np.ndarray  # (n,) int
+    folds: np.ndarray  # (n,) int
+    truth: np.ndarray  # (n,) str
+    pred: np.ndarray  # (n,) str
 
 
-def probe_study(spec: StudySpec, tasks: list[str], log: Log) -> pd.DataFrame:
-    """Every finished trial and reference of the study scored on `tasks`: one row per trial
-    and task."""
-    base = spec.baseline
-    # Tasks checked as if listed in probe.tasks: known, labelled, not pretraining audio
-    # under cross-validation.
-    validate_recipe(_with_tasks(base, tasks), "--task, added to baseline.", spec.source)
-    _prepare(tasks, resolve_data_root(base.data.cache), base.data.tasks, log)
-    st = open_study(spec)
-    trials = [dataclasses.replace(t, recipe=_with_tasks(t.recipe, tasks)) for t in expand(spec)]
-    probe_finished(st, trials, log)
-    # The references too (random-init, log-mel statistics): a finished one gains the tasks.
-    run_references(dataclasses.replace(st, spec=_spec_with_tasks(spec, tasks)), log)
-    df = queries.results_frame(st.engine, spec.study)
-    df = df[(df["status"] == "done") & df["task"].isin(tasks)]
-    keys = {t.key for t in trials}
-    df = df[df["key"].isin(keys) | (df["axis"] == "reference")]
-    if df.empty:
+@dataclass
+class ProbeScores:
+    metrics: dict[tuple[str, str], float] = field(default_factory=dict)
+    seconds: float = 0.0
+    embed_s: float = 0.0  # of which computing embeddings
+    predictions: dict[str, TaskPredictions] = field(default_factory=dict)
+
+    @property
+    def mean_accuracy(self) -> float:
+        accs = [v for (_, m), v in self.metrics.items() if m == "accuracy"]
+        return float(np.mean(accs)) if accs else float("nan")
+
+
+Features = Callable[[FeatureSet, str], np.ndarray]  # (feature set, "task-split") -> (n, dim)
+
+
+def task_folds(bank: DataBank, task: str, limit: int | None, k: int) -> np.ndarray:
+    """The cross-validation fold of each labelled clip of `task` (DataBank.clips order)."""
+    clips = bank.clips(task, "all", limit)
+    labels = np.asarray([c.label for c in clips])
+    groups = np.asarray([c.group for c in clips])
+    try:
+        return cv_folds(labels, groups, k)
+    except ValueError as e:
         raise AblError(
-            f"{spec.source}: study {spec.study!r} has no finished trial to probe; run "
-            "`abl run` first"
-        )
-    wide = df.pivot_table(
-        index=["axis", "setting", "key", "seed", "task"], columns="metric", values="value"
-    ).reset_index()
-    wide["trial"] = wide["axis"] + "=" + wide["setting"]
-    return wide.reindex(columns=COLUMNS).sort_values(["task", "trial", "seed"], ignore_index=True)
+            f"task {task!r}: {e}; lower probe.folds or use probe.protocol: split"
+        ) from None
 
 
-def _with_tasks(recipe, tasks: list[str]):  # noqa: ANN001, ANN202
-    return with_value(recipe, "probe.tasks", tuple(dict.fromkeys([*recipe.probe.tasks, *tasks])))
+def _indices(clips: list[Clip], all_clips: list[Clip]) -> tuple[np.ndarray, np.ndarray]:
+    """(clip index, group index) of `clips` within the task's labelled clips."""
+    pos = {c.file: i for i, c in enumerate(all_clips)}
+    group_ids = {g: i for i, g in enumerate(sorted({c.group for c in all_clips}))}
+    return (
+        np.asarray([pos[c.file] for c in clips], np.int64),
+        np.asarray([group_ids[c.group] for c in clips], np.int64),
+    )
 
 
-def _spec_with_tasks(spec: StudySpec, tasks: list[str]) -> StudySpec:
-    return dataclasses.replace(spec, baseline=_with_tasks(spec.baseline, tasks))
+def score(features_of: Features, recipe: RecipeConfig, bank: DataBank) -> ProbeScores:
+    """Probe every task of the recipe with clip features from `features_of`, by the recipe's
+    protocol: cross-validation over every labelled clip (`cv`) or the fixed splits (`split`)."""
+    t0 = time.perf_counter()
+    out = ProbeScores()
+    limit = recipe.data.max_clips_per_class
+    pc = recipe.probe
+    for task in pc.tasks:
+        t_embed = time.perf_counter()
+        all_clips = bank.clips(task, "all", limit)
+        if pc.protocol == "cv":
+            fs = bank.features(task, "all", recipe.frontend, limit)
+            x = features_of(fs, f"{task}-all")
+            out.embed_s += time.perf_counter() - t_embed
+            folds = task_folds(bank, task, limit, pc.folds)
+            r = cv_probe(x, list(fs.labels), folds, pc.c_grid)
+            tested = all_clips
+        else:
+            xs, ys = [], []
+            for split in ("train", "val", "test"):
+                fs = bank.features(task, split, recipe.frontend, limit)
+                xs.append(features_of(fs, f"{task}-{split}"))
+                ys.append(list(fs.labels))
+            out.embed_s += time.perf_counter() - t_embed
+            r = linear_probe(xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], pc.c_grid)
+            tested = bank.clips(task, "test", limit)
+        assert r.predictions is not None
+        clip_ids, group_ids = _indices(tested, all_clips)
+        p = r.predictions
+        out.predictions[task] = TaskPredictions(clip_ids, group_ids, p.folds, p.truth, p.pred)
+        out.metrics[(task, "accuracy")] = r.accuracy
+        out.metrics[(task, "macro_f1")] = r.macro_f1
+        out.metrics[(task, "val_accuracy")] = r.val_accuracy
+        out.metrics[(task, "c")] = r.c
+    out.seconds = time.perf_counter() - t0
+    return out
 
 
-def probe_checkpoint(
-    path: Path,
-    tasks: list[str],
-    encoder: str,
-    root: Path,
-    declared: tuple[TaskDef, ...],
-    log: Log,
-) -> pd.DataFrame:
-    """One encoder (a trial checkpoint or an export) scored on `tasks` with the probe
-    settings of the recipe it was trained with."""
-    if encoder not in ENCODERS:
-        raise AblError(f"--encoder {encoder!r}: use one of {', '.join(ENCODERS)}")
-    enc = load_encoder(path, encoder)
-    recipe = with_value(enc.recipe, "probe.tasks", tuple(tasks))
-    names = {t.name for t in declared}
-    own = (*declared, *(t for t in recipe.data.tasks if t.name not in names))
-    recipe = with_value(recipe, "data.tasks", own)
-    leaked = sorted(set(tasks) & set(recipe.data.corpus))
-    if leaked and recipe.probe.protocol == "cv":
-        recipe = with_value(recipe, "probe.protocol", "split")
-        log(
-            f"{path}: {leaked[0]} was pretraining audio of this encoder; scored on its fixed "
-            "test split (probe.protocol: split), not by cross-validation"
-        )
-    validate_recipe(recipe, "--task, as the checkpoint's ", str(path))
-    _prepare(tasks, root, declared, log)
-    bank = DataBank(root, declared)
-    scores = score(encoder_features(enc.vit, recipe, enc.norm), recipe, bank)
-    rows = []
-    for task in tasks:
-        rows.append(
-            {
-                "trial": Path(path).name,
-                "key": "",
-                "seed": math.nan,
-                "task": task,
-                **{m: scores.metrics[(task, m)] for m in ("accuracy", "macro_f1", "val_accuracy")},
-            }
-        )
-    return pd.DataFrame(rows, columns=COLUMNS)
+def encoder_features(
+    encoder: ViT, recipe: RecipeConfig, norm: Normalizer, cache: Path | None = None
+) -> Features:
+    """Clip embeddings of a frozen encoder; with `cache`, each (task, split) is computed once
+    per checkpoint and kept there as .npy (a retried or re-scored trial reads them back)."""
+
+    def f(fs: FeatureSet, name: str) -> np.ndarray:
+        path = cache / f"{name}-{fs.key}.npy" if cache is not None else None
+        if path is not None and path.is_file():
+            return np.load(path)
+        pc = recipe.probe
+        x = embed_clips(encoder, fs, norm, recipe.frontend.frames, pc.batch_size, pc.layers)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.partial-{os.getpid()}.npy")
+            np.save(tmp, x)
+            os.replace(tmp, path)
+        return x
+
+    return f
 
 
-def write_table(df: pd.DataFrame, out: Path) -> None:
-    """CSV or Parquet, by the file's suffix."""
-    if out.suffix not in (".csv", ".parquet"):
-        raise AblError(f"--out {out}: name a .csv or .parquet file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False) if out.suffix == ".csv" else df.to_parquet(out, index=False)
+def probed_encoder(model, recipe: RecipeConfig) -> ViT:  # noqa: ANN001
+    return model.encoder if recipe.probe.encoder == "context" else model.target_encoder
+
+
+def missing_tasks(recipe: RecipeConfig, have: tuple[int, str | None, set[str]] | None) -> tuple:
+    """The probe tasks of `recipe` a finished row has no score for (all of them without one)."""
+    return tuple(t for t in recipe.probe.tasks if have is None or t not in have[2])
+
+
+def record_scores(st: Study, have: tuple, scores: ProbeScores, label: str, log: Log) -> None:
+    row, run_id, _ = have
+    queries.add_scores(st.engine, row, scores.metrics, scores.predictions)
+    if run_id:
+        st.tracker.log_metrics(run_id, [(f"{t}.{m}", v, 0) for (t, m), v in scores.metrics.items()])
+    accs = ", ".join(f"{t} {v:.3f}" for (t, m), v in scores.metrics.items() if m == "accuracy")
+    log(f"  probed {label} on its new task(s): accuracy {accs}")
+
+
+def probe_finished(st: Study, trials: list[TrialSpec], log: Log) -> int:
+    """Probe the study's finished trials on the tasks of their probe.tasks they have no score
+    for (tasks added since they ran), from their checkpoints: nothing is retrained. Scores go
+    to the trial's row and MLflow run. Returns how many trials were probed."""
+    have = queries.probed_tasks(st.engine, st.spec.study)
+    n = 0
+    for trial in trials:
+        if trial.key not in have:
+            continue  # not finished: its run probes every task
+        missing = missing_tasks(trial.recipe, have[trial.key])
+        if not missing:
+            continue
+        ckpt = st.checkpoints / f"{trial.pretrain}.pt"
+        if not ckpt.is_file():
+            log(
+                f"  cannot probe {trial.label} on {', '.join(missing)}: its checkpoint "
+                f"{ckpt} is gone (restore it, or delete the trial's row to retrain it)"
+            )
+            continue
+        recipe = with_value(trial.recipe, "probe.tasks", missing)
+        encoder = load_encoder(ckpt, recipe.probe.encoder).vit
+        emb_dir = st.spec.output / "embeddings" / trial.key
+        features = encoder_features(encoder, recipe, st.bank.normalizer(recipe), emb_dir)
+        record_scores(st, have[trial.key], score(features, recipe, st.bank), trial.label, log)
+        n += 1
+    return n

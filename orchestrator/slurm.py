@@ -161,7 +161,7 @@ def _check_folder(folder: Path, key: str, spec: StudySpec) -> None:
 def check_data(spec: StudySpec) -> Path:
     """The data cache, with every task the study reads prepared: a worker must never prepare
     data (many would at once, on the shared filesystem)."""
-    from model.datasets import resolve_data_root
+    from model.data.datasets import resolve_data_root
     from orchestrator.grid import study_tasks
 
     root = resolve_data_root(spec.baseline.data.cache)
@@ -284,7 +284,7 @@ def submit(spec: StudySpec, log: Log) -> list[str]:
     import submitit
 
     from orchestrator.grid import expand
-    from orchestrator.runner import open_study, reap_lost
+    from orchestrator.study import open_study, reap_lost
 
     check_cluster(spec)
     data_root = check_data(spec)
@@ -385,8 +385,10 @@ class SlurmWorker:
 
         from orchestrator.grid import expand
         from orchestrator.ledger import HEARTBEAT_S
-        from orchestrator.runner import open_study, probe_finished, run_references
+        from orchestrator.probing import probe_finished
+        from orchestrator.references import run_references
         from orchestrator.signals import raise_on, stop_handled, stop_on_sigterm
+        from orchestrator.study import open_study
 
         stop_on_sigterm()  # replaces submitit's handler, which ignores SIGTERM
 
@@ -419,7 +421,8 @@ class SlurmWorker:
         from optuna.trial import TrialState
 
         from orchestrator.grid import expand
-        from orchestrator.runner import reap_lost, work
+        from orchestrator.study import reap_lost
+        from orchestrator.workers import work
 
         trials = expand(self.spec)
         keys = {t.key for t in trials}

@@ -21,16 +21,16 @@ from typing import Any
 
 import yaml
 
-from model.byo import FORMATS, byo_source
 from model.config import BF16_TO_PRECISION, DataConfig, RecipeConfig, TaskDef, TrainConfig
+from model.data.byo import FORMATS, byo_source
+from model.data.features import SAMPLINGS
+from model.data.sources import TASKS
 from model.embed import ENCODERS
 from model.errors import AblError
-from model.features import SAMPLINGS
 from model.jepa import BRANCHES, LOSSES, TARGET_NORMS
 from model.masks import CURRICULUM, MASKERS, OVERLAP
 from model.precision import PRECISIONS
 from model.probe import PROTOCOLS
-from model.sources import TASKS
 from orchestrator.launcher import LauncherSpec, parse_launcher
 
 PRUNING = ("none", "median")

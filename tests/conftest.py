@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.datasets import PreparedTask, prepare_task, resolve_data_root
+from model.data.datasets import PreparedTask, prepare_task, resolve_data_root
 
 ROOT = Path(__file__).resolve().parents[1]
 

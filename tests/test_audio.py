@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from model.audio import AudioError, is_silent, load_audio, save_flac
+from model.data.audio import AudioError, is_silent, load_audio, save_flac
 
 # Voice lines (ogg vorbis, 22.05 kHz) from the Debian package fillets-ng-data.
 RECORDINGS = Path("/usr/share/games/fillets-ng/sound")

@@ -12,7 +12,7 @@ import soundfile as sf
 import yaml
 from typer.testing import CliRunner
 
-from model.datasets import PreparedTask
+from model.data.datasets import PreparedTask
 from orchestrator.cli import app
 
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""Bring-your-own loaders (model.byo) on tiny fixtures laid out exactly as the public data sets
+"""Bring-your-own loaders (model.data.byo) on tiny fixtures laid out exactly as the public data sets
 unpack: same file names, metadata columns and list-file formats, with real (0.2 s sine) audio."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import model.datasets
-import model.sources
-from model.audio import load_audio
-from model.byo import (
+import model.data.datasets
+import model.data.sources
+from model.data.audio import load_audio
+from model.data.byo import (
     FORMATS,
     CremaDTask,
     CsvTask,
@@ -514,10 +514,10 @@ def test_bad_rows(tmp_path: Path) -> None:
 def test_prepare_task_esc50_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = make_esc50(tmp_path / "ESC-50-master")
     source = ESC50Task("my-esc", root)
-    monkeypatch.setitem(model.sources.TASKS, "my-esc", source)
-    if model.datasets.TASKS is not model.sources.TASKS:
-        monkeypatch.setitem(model.datasets.TASKS, "my-esc", source)
-    task = model.datasets.prepare_task("my-esc", tmp_path / "cache", log=lambda _m: None)
+    monkeypatch.setitem(model.data.sources.TASKS, "my-esc", source)
+    if model.data.datasets.TASKS is not model.data.sources.TASKS:
+        monkeypatch.setitem(model.data.datasets.TASKS, "my-esc", source)
+    task = model.data.datasets.prepare_task("my-esc", tmp_path / "cache", log=lambda _m: None)
     assert len(task.clips) == 15
     assert task.meta["skipped"] == {}
     for clip in task.clips:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.datasets import prepare_task
+from model.data.datasets import prepare_task
+from model.data.sources import TASKS
 from model.errors import AblError
-from model.sources import TASKS
 from orchestrator.grid import expand
-from orchestrator.runner import check_no_leak
 from orchestrator.spec import load_spec
+from orchestrator.study import check_no_leak
 
 ROOT = Path(__file__).resolve().parents[1]
 

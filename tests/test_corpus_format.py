@@ -20,16 +20,16 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from model.byo import FORMATS, CorpusTask, byo_source
 from model.config import TaskDef
-from model.corpus import WesnothMusic
-from model.datasets import MAX_SECONDS, PreparedTask, load_task, prepare_task
+from model.data.byo import FORMATS, CorpusTask, byo_source
+from model.data.corpus import WesnothMusic
+from model.data.datasets import MAX_SECONDS, PreparedTask, load_task, prepare_task
 from model.errors import AblError
 from orchestrator.cli import app
 from orchestrator.grid import expand
 from orchestrator.prepare import check_data
-from orchestrator.runner import check_no_leak
 from orchestrator.spec import load_spec
+from orchestrator.study import check_no_leak
 
 runner = CliRunner()
 MUSIC = WesnothMusic.root

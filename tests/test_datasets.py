@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 
 from model.config import FrontendConfig, TaskDef
-from model.datasets import META, load_task, prepare_task
+from model.data.datasets import META, load_task, prepare_task
+from model.data.features import load_features
 from model.errors import AblError
-from model.features import load_features
 
 
 def tone(path: Path, freq: float, seconds: float = 0.5, rate: int = 16000, channels: int = 1):
@@ -62,7 +62,7 @@ def test_second_prepare_is_cheap_and_interrupted_one_is_not_complete(tmp_path, m
     assert len(again.clips) == 21
 
     # Interrupt a forced rebuild half-way: the old task stays intact, no partial task appears.
-    import model.datasets as ds
+    import model.data.datasets as ds
 
     calls = {"n": 0}
     real_save = ds.save_flac
@@ -93,16 +93,16 @@ def test_missing_folder_and_unknown_task_are_clear_errors(tmp_path):
 def test_feature_cache_is_computed_once_and_shared(tmp_path, env_sfx, data_root, monkeypatch):
     # Counted, not timed: the second call computes no log-mel at all (a loaded machine can
     # make a cached read slower than a computation, never make it compute).
-    import model.features
+    import model.data.features
 
     computed: list[int] = []
-    real = model.features.log_mel
+    real = model.data.features.log_mel
 
     def counting(wave, cfg):  # noqa: ANN001, ANN202
         computed.append(len(wave))
         return real(wave, cfg)
 
-    monkeypatch.setattr(model.features, "log_mel", counting)
+    monkeypatch.setattr(model.data.features, "log_mel", counting)
     fe = FrontendConfig()
     clips = env_sfx.split("val", 2)
     scratch = tmp_path / "cache"

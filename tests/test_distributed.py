@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from orchestrator.runner import open_study
 from orchestrator.spec import load_spec
+from orchestrator.study import open_study
 from tests.pg import create_database, postgres_url  # noqa: F401
 
 ABL = str(Path(sys.executable).with_name("abl"))

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from model import hear
-from model.audio import load_audio
 from model.config import EncoderConfig, FrontendConfig, PredictorConfig, RecipeConfig, TrainConfig
+from model.data.audio import load_audio
+from model.data.features import CropSampler, corpus_normalizer, load_features
 from model.embed import clip_embeddings, load_encoder
 from model.errors import AblError
-from model.features import CropSampler, corpus_normalizer, load_features
 from model.probe import embed_clips
 from model.train import train
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.audio import load_audio
 from model.config import FrontendConfig
+from model.data.audio import load_audio
 from model.frontend import LogMel, log_mel, mel_filterbank, num_frames
 
 # Voice lines (ogg vorbis, 22.05 kHz) from the Debian package fillets-ng-data.

@@ -20,8 +20,8 @@ from model.config import (
     RecipeConfig,
     TrainConfig,
 )
-from model.datasets import PreparedTask
-from model.features import CropSampler, corpus_normalizer, load_features
+from model.data.datasets import PreparedTask
+from model.data.features import CropSampler, corpus_normalizer, load_features
 from model.jepa import JEPA
 from model.masks import sample_masks
 from model.train import Batches, train

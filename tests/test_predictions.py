@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 
 from db import queries
 from db.engine import init_db, make_engine
-from model.datasets import resolve_data_root
+from model.data.datasets import resolve_data_root
+from orchestrator.bank import DataBank
 from orchestrator.cli import app
-from orchestrator.runner import DataBank, TaskPredictions, task_folds
+from orchestrator.probing import TaskPredictions, task_folds
 from orchestrator.spec import load_spec
 
 runner = CliRunner()

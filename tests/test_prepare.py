@@ -12,7 +12,7 @@ import soundfile as sf
 import yaml
 from typer.testing import CliRunner
 
-from model.byo import FORMATS
+from model.data.byo import FORMATS
 from model.errors import AblError
 from orchestrator.cli import app
 from orchestrator.prepare import check_data, prepare_study

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from orchestrator import runner
+from orchestrator import pretraining as runner
 
 
 class Terminal(io.StringIO):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.features import CropSampler, FeatureSet, Normalizer
+from model.data.features import CropSampler, FeatureSet, Normalizer
 
 CROP = 50
 

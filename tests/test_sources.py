@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import sources
-from model.audio import is_silent, load_audio
-from model.errors import AblError
-from model.sources import (
+from model.data import sources
+from model.data.audio import is_silent, load_audio
+from model.data.sources import (
     TASKS,
     EspeakDigits,
     FilletsSpeakers,
@@ -19,7 +18,8 @@ from model.sources import (
     SoundFontNotes,
     loudest_window,
 )
-from model.splits import assign_splits
+from model.data.splits import assign_splits
+from model.errors import AblError
 
 RATE = 16000
 LABELLED = {k: v for k, v in TASKS.items() if not getattr(v, "unlabelled", False)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from model.splits import assign_splits
+from model.data.splits import assign_splits
 
 
 def test_every_class_in_every_split_and_groups_never_straddle(env_sfx):

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from db.engine import make_engine
 from db.queries import results_frame
-from model.datasets import PreparedTask
+from model.data.datasets import PreparedTask
 from orchestrator.spec import load_spec
 
 ABL = str(Path(sys.executable).with_name("abl"))
@@ -35,6 +35,31 @@ def _folder_task(root: Path, env_sfx: PreparedTask, classes: int = 2, per_class:
             dst = root / label / Path(c.file).name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(env_sfx.root / c.file, dst)
+    return root
+
+
+def _esc50_task(root: Path, env_sfx: PreparedTask, classes: int = 3, per_class: int = 10) -> Path:
+    """A bring-your-own data set in ESC-50's layout (meta/esc50.csv, audio/*.wav, five folds),
+    made of real prepared env-sfx clips."""
+    import csv
+
+    import soundfile as sf
+
+    rows = []
+    for target, label in enumerate(env_sfx.classes[:classes]):
+        clips = [c for c in env_sfx.clips if c.label == label][:per_class]
+        for i, c in enumerate(clips):
+            fold, src = i % 5 + 1, f"{target}{i:03d}"
+            name = f"{fold}-{src}-A-{target}.wav"
+            audio, rate = sf.read(env_sfx.root / c.file)
+            (root / "audio").mkdir(parents=True, exist_ok=True)
+            sf.write(root / "audio" / name, audio, rate)
+            rows.append([name, fold, target, label, "False", src, "A"])
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    with open(root / "meta" / "esc50.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        w.writerows(rows)
     return root
 
 
@@ -119,14 +144,14 @@ def load_spec_output(exp: Path) -> Path:
     return Path(yaml.safe_load(exp.read_text())["output"])
 
 
-def test_abl_probe_scores_a_study_a_checkpoint_and_an_export_on_an_own_task(
+def test_abl_probe_scores_a_study_a_checkpoint_and_an_export_on_an_esc50_layout_folder(
     tmp_path, tiny_experiments, env_sfx
 ):
     exp = tiny_experiments()
     assert _abl("run", "-j", "1", str(exp), "--no-report").returncode == 0
-    mine = _folder_task(tmp_path / "mine", env_sfx)
+    mine = _esc50_task(tmp_path / "ESC-50-master", env_sfx)
     raw = yaml.safe_load(exp.read_text())
-    raw["baseline"]["data"]["tasks"] = {"mine": {"format": "folder", "root": str(mine)}}
+    raw["baseline"]["data"]["tasks"] = {"mine": {"format": "esc50", "root": str(mine)}}
     exp.write_text(yaml.safe_dump(raw, sort_keys=False))
     spec = load_spec(exp)
 

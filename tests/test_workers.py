@@ -324,8 +324,8 @@ def _claim_and_stop(exp: Path, beat: bool) -> str:
 
     from orchestrator.grid import expand
     from orchestrator.ledger import Ledger
-    from orchestrator.runner import open_study
     from orchestrator.spec import load_spec
+    from orchestrator.study import open_study
 
     spec = load_spec(exp)
     open_study(spec)  # the databases and the MLflow experiment, as `abl run` makes them

@@ -6,7 +6,7 @@ data sets as they unpack (ESC-50, UrbanSound8K, Speech Commands v2, GTZAN, NSynt
 VoxCeleb1); or, without labels, a folder or list of recordings to pretrain on (`corpus`).
 `clips()` lists the files (checking that every referenced file exists) and each clip's
 `read()` returns the file's bytes; decoding, resampling and splitting happen in
-`model.datasets.prepare_task` as for every other task. Layouts with an official split set
+`model.data.datasets.prepare_task` as for every other task. Layouts with an official split set
 `RawClip.split`; the others leave it to the grouped, class-stratified split.
 
 Clip names are paths relative to the root, so they are unique and never absolute; a layout
@@ -23,8 +23,8 @@ import os
 import re
 from pathlib import Path
 
+from model.data.sources import RawClip, TaskSource, prepared_file
 from model.errors import AblError
-from model.sources import RawClip, TaskSource, prepared_file
 
 # What libsndfile (through soundfile) decodes; matched case-insensitively.
 AUDIO_EXTENSIONS = frozenset(
@@ -611,7 +611,7 @@ class CorpusTask(_Layout):
                 f"data.tasks.{name}.max_seconds = {max_seconds!r} must be positive; it is how "
                 "much of each recording is kept (default 600)"
             )
-        self.max_seconds = float(max_seconds)  # read by model.datasets.prepare_task
+        self.max_seconds = float(max_seconds)  # read by model.data.datasets.prepare_task
 
     @property
     def description(self) -> str:

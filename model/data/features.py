@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.audio import load_audio
 from model.config import FrontendConfig
-from model.datasets import Clip, PreparedTask
+from model.data.audio import load_audio
+from model.data.datasets import Clip, PreparedTask
 from model.frontend import log_mel
 
 

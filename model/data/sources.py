@@ -1,7 +1,7 @@
 """Task sources: where the labelled clips of each probe task come from.
 
 A source lists raw clips (a name, a label, a group and a way to read the bytes); preparation in
-`model.datasets` decodes, splits and stores them. Sources read Debian packages installed by the
+`model.data.datasets` decodes, splits and stores them. Sources read Debian packages installed by the
 README's set-up, so nothing is downloaded at run time.
 """
 
@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import soundfile as sf
 
-from model.audio import AudioError, is_silent, load_audio
+from model.data.audio import AudioError, is_silent, load_audio
 from model.errors import AblError
 
 
@@ -480,7 +480,7 @@ def _run_stdout(args: list[str]) -> bytes:
     return subprocess.run(args, capture_output=True, check=True, timeout=60).stdout
 
 
-from model.corpus import (  # noqa: E402  (corpus.py imports RawClip from here)
+from model.data.corpus import (  # noqa: E402  (corpus.py imports RawClip from here)
     AsteriskSpeech,
     WesnothMusic,
     ZeroADLongform,

@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.audio import AudioError, is_silent, load_audio, save_flac
-from model.byo import byo_source
 from model.config import TaskDef
+from model.data.audio import AudioError, is_silent, load_audio, save_flac
+from model.data.byo import byo_source
+from model.data.sources import TASKS, RawClip, TaskSource, package_version, prepared_file
+from model.data.splits import assign_splits
 from model.errors import AblError
-from model.sources import TASKS, RawClip, TaskSource, package_version, prepared_file
-from model.splits import assign_splits
 
 PREPARED_RATE = 16000
 MANIFEST = "manifest.csv"

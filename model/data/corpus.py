@@ -18,7 +18,7 @@ import numpy as np
 from model.errors import AblError
 
 if TYPE_CHECKING:
-    from model.sources import RawClip
+    from model.data.sources import RawClip
 
 
 class ZeroADLongform:
@@ -32,7 +32,7 @@ class ZeroADLongform:
     prefixes = {"music": "audio/music/", "ambient": "audio/ambient/"}
 
     def clips(self) -> list[RawClip]:
-        from model.sources import RawClip, ZeroADArchive
+        from model.data.sources import RawClip, ZeroADArchive
 
         archive = ZeroADArchive()
         names = archive.oggs()
@@ -55,7 +55,7 @@ class WesnothMusic:
     unlabelled = True
 
     def clips(self) -> list[RawClip]:
-        from model.sources import RawClip
+        from model.data.sources import RawClip
 
         files = sorted(self.root.glob("*.ogg"))
         if not files:
@@ -103,7 +103,7 @@ class AsteriskSpeech:
     def clips(self) -> list[RawClip]:
         import soundfile as sf
 
-        from model.sources import RawClip
+        from model.data.sources import RawClip
 
         out = []
         for voice, files in self.voices().items():
@@ -125,8 +125,8 @@ class AsteriskSpeech:
         return out
 
     def _join(self, files: list[Path]) -> bytes:
-        from model.audio import AudioError, load_audio
-        from model.sources import wav_bytes
+        from model.data.audio import AudioError, load_audio
+        from model.data.sources import wav_bytes
 
         gap = np.zeros(round(self.gap_seconds * self.sample_rate), np.float32)
         parts = []

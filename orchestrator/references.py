@@ -1,0 +1,78 @@
+"""The references of a study: a random-init encoder per seed and the log-mel statistics, scored
+like the trials so that every margin has its baseline.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from db import queries
+from model.probe import logmel_stats
+from model.vit import ViT
+from orchestrator.grid import semantic_config, trial_key
+from orchestrator.probing import encoder_features, missing_tasks, record_scores, score
+from orchestrator.spec import with_value
+from orchestrator.study import Log, Study
+
+
+def run_references(st: Study, log: Log, share: tuple[int, int] = (0, 1)) -> None:
+    """The references of a study: a random-init encoder of the baseline's shape per seed, and
+    log-mel statistics once (they have no seed: recorded with seed -1). `share` (i, n): the
+    i-th of n workers runs every n-th seed's random-init encoder, and the first worker the
+    log-mel statistics, so local workers split them and none runs twice."""
+    recipe = st.spec.baseline
+    norm = st.bank.normalizer(recipe)
+    have = queries.probed_tasks(st.engine, st.spec.study)
+    part, parts = share
+    jobs = [(seed, "random-init") for seed in st.spec.seeds[part::parts]]
+    if part == 0:
+        jobs.append((-1, "logmel-stats"))
+    for seed, name in jobs:
+        key = "ref-" + trial_key(recipe, seed)[:12] + "-" + name
+        missing = missing_tasks(recipe, have.get(key))
+        if not missing:
+            continue
+        t0 = time.perf_counter()
+        part_recipe = with_value(recipe, "probe.tasks", missing)
+        if name == "random-init":
+            torch.manual_seed(seed)
+            enc = ViT(recipe.encoder, recipe.frontend.n_mels, recipe.frontend.frames).eval()
+            scores = score(encoder_features(enc, part_recipe, norm), part_recipe, st.bank)
+        else:
+            scores = score(lambda fs, _name: logmel_stats(fs, norm), part_recipe, st.bank)
+        if key in have:  # scored before, on fewer tasks: add the new ones
+            record_scores(st, have[key], scores, f"reference {name} seed={seed}", log)
+            continue
+        tags = {
+            "abl.role": "reference",
+            "abl.study": st.spec.study,
+            "abl.key": key,
+            "abl.seed": str(seed),
+            "abl.setting": name,
+        }
+        run_id = st.tracker.start_run(f"reference={name} seed={seed}", st.parent_run, tags, {})
+        st.tracker.log_metrics(run_id, [(f"{t}.{m}", v, 0) for (t, m), v in scores.metrics.items()])
+        st.tracker.end_run(run_id, ok=True)
+        row = queries.start_trial(
+            st.engine,
+            st.study_id,
+            key,
+            seed,
+            "reference",
+            name,
+            {},
+            semantic_config(recipe),
+            st.worker,
+        )
+        queries.finish_trial(
+            st.engine,
+            row,
+            scores.metrics,
+            time.perf_counter() - t0,
+            run_id,
+            predictions=scores.predictions,
+        )
+        accs = ", ".join(f"{t} {v:.3f}" for (t, m), v in scores.metrics.items() if m == "accuracy")
+        log(f"  reference {name} seed={seed}: accuracy {accs}")
