@@ -509,9 +509,17 @@ def dashboard(
     host: Annotated[
         str, typer.Option(help="Address to listen on (loopback by default).")
     ] = "127.0.0.1",
+    writable: Annotated[
+        bool,
+        typer.Option(
+            "--writable",
+            help="Let the page change the ledger (rename or delete the study, mark trials); "
+            "read-only by default.",
+        ),
+    ] = False,
 ) -> None:
     """Serve optuna-dashboard on the study's Optuna storage, the ledger of its trials
-    (127.0.0.1 unless --host)."""
+    (127.0.0.1 unless --host; read-only unless --writable)."""
     from db.engine import mask_url
     from orchestrator.dashboard import listen, open_ledger, url
     from orchestrator.spec import load_spec
@@ -519,7 +527,7 @@ def dashboard(
     with user_errors():
         spec = load_spec(experiments, output)
         storage, study_id = open_ledger(spec)
-        server = listen(storage, host, port)
+        server = listen(storage, host, port, writable)
     _say(
         f"Optuna dashboard: {url(host, server.server_address[1], study_id)}  "
         f"(study {spec.study} in {mask_url(spec.optuna_url)}; Ctrl-C to stop)"

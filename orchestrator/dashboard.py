@@ -69,13 +69,36 @@ class _Quiet(WSGIRequestHandler):
         pass  # no line per request
 
 
-def listen(storage: BaseStorage, host: str, port: int) -> WSGIServer:
-    """optuna-dashboard's WSGI app on a threaded server bound to host:port (not yet serving)."""
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def read_only(app):  # noqa: ANN001, ANN201
+    """The dashboard without its writes: its page can rename or delete the study and mark
+    trials complete or failed in the ledger, and a trial marked complete there never runs
+    (nor has results). Any request but a read gets 403."""
+
+    def guarded(environ, start_response):  # noqa: ANN001, ANN202
+        if environ.get("REQUEST_METHOD", "GET").upper() in READS:
+            return app(environ, start_response)
+        body = b'{"reason": "read-only: abl dashboard --writable allows changes to the ledger"}'
+        start_response(
+            "403 Forbidden",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return guarded
+
+
+def listen(storage: BaseStorage, host: str, port: int, writable: bool = False) -> WSGIServer:
+    """optuna-dashboard's WSGI app on a threaded server bound to host:port (not yet serving);
+    read-only unless `writable`."""
     from optuna_dashboard import wsgi
 
     server_class = _Server6 if ":" in host else _Server
+    app = wsgi(storage) if writable else read_only(wsgi(storage))
     try:
-        return make_server(host, port, wsgi(storage), server_class, _Quiet)
+        return make_server(host, port, app, server_class, _Quiet)
     except OSError as e:
         raise AblError(
             f"--host {host} --port {port}: cannot listen there "

@@ -113,6 +113,17 @@ def test_the_dashboard_serves_the_study_ledger_on_loopback(
         link = f"http://127.0.0.1:{port}/dashboard/studies/{sid}"
         assert line.startswith(f"Optuna dashboard: {link} "), line
         assert b"<html" in _get(link, proc, log).lower()
+        # Read-only unless --writable: the page's delete of the study is refused, and the
+        # ledger keeps it.
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/studies/{sid}", method="DELETE")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=30)
+        assert refused.value.code == 403
+        studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies", proc, log))
+        assert [s["study_name"] for s in studies["study_summaries"]] == ["tiny"]
     assert PASSWORD_PREFIX not in log.read_text()
 
 
