@@ -223,3 +223,37 @@ def test_a_worker_waits_for_a_writer_holding_the_file(tmp_path: Path) -> None:
     assert not waiter.is_alive()
     assert outcome == {"released_first": True}
     assert holder.wait(timeout=30) == 0
+
+
+def test_database_of_the_previous_release_gains_the_pretraining_key_and_keeps_every_row(
+    tmp_path: Path,
+) -> None:
+    """Revision 0003 (the release before two-stage keys): a finished trial with a metric, a
+    curve point and per-clip predictions upgrades to head with every row kept, its pretraining
+    key unknown (NULL: its checkpoint is named by its trial key)."""
+    from alembic import command
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'results.db'}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(connection=conn), "0003")
+    assert "pretrain" not in {c["name"] for c in inspect(engine).get_columns("trials")}
+    add_results_sql(engine)
+    blob = bytes(4)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO curve_points VALUES (1, 1, 'loss', 0, 0.25)"))
+        conn.execute(
+            text("INSERT INTO predictions VALUES (1, 1, 'env-sfx', '[\"a\"]', :b, :b, :b, :b, :b)"),
+            {"b": blob},
+        )
+    with engine.connect() as conn:
+        counts = {
+            t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+            for t in ("studies", "trials", "metrics", "curve_points", "predictions")
+        }
+    init_db(engine)
+    assert revision_and_diffs(engine) == (head_revision(), [])
+    with engine.connect() as conn:
+        for table, n in counts.items():
+            assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == n, table
+        assert conn.execute(text("SELECT key, pretrain FROM trials")).all() == [("k1", None)]
+    assert queries.export_frame(engine)["value"].tolist() == [0.5]
