@@ -672,11 +672,7 @@ def probe(
             raise AblError("abl probe: name at least one task with --task, e.g. --task env-sfx")
         tasks = list(dict.fromkeys(task))
         if target.suffix in (".yaml", ".yml"):
-            spec = load_spec(target, output)
-            from orchestrator.prepare import check_storage
-
-            check_storage(spec)
-            df = probe_study(spec, tasks, _say)
+            df = probe_study(load_spec(target, output), tasks, _say)
         elif target.suffix == ".pt":
             data, declared, _ = _data_context(None, experiments)
             df = probe_checkpoint(target, tasks, encoder, data, declared, _say)

@@ -16,22 +16,18 @@ import pandas as pd
 
 from db import queries
 from model.config import TaskDef
-from model.data.datasets import prepare_task, resolve_data_root
+from model.data.datasets import prepare_task
 from model.embed import ENCODERS, load_encoder
 from model.errors import AblError
 from orchestrator.bank import DataBank
 from orchestrator.grid import expand
+from orchestrator.prepare import prepare_study
 from orchestrator.probing import encoder_features, probe_finished, score
 from orchestrator.references import run_references
 from orchestrator.spec import StudySpec, validate_recipe, with_value
 from orchestrator.study import Log, open_study
 
 COLUMNS = ["trial", "key", "seed", "task", "accuracy", "macro_f1", "val_accuracy"]
-
-
-def _prepare(tasks: list[str], root: Path, declared: tuple[TaskDef, ...], log: Log) -> None:
-    for name in tasks:
-        prepare_task(name, root, log=log, custom=declared)  # at once when prepared already
 
 
 def probe_study(spec: StudySpec, tasks: list[str], log: Log) -> pd.DataFrame:
@@ -41,7 +37,8 @@ def probe_study(spec: StudySpec, tasks: list[str], log: Log) -> pd.DataFrame:
     # Tasks checked as if listed in probe.tasks: known, labelled, not pretraining audio
     # under cross-validation.
     validate_recipe(_with_tasks(base, tasks), "--task, added to baseline.", spec.source)
-    _prepare(tasks, resolve_data_root(base.data.cache), base.data.tasks, log)
+    # Storage, output folder and data roots checked, and the tasks prepared, as `abl run` does.
+    prepare_study(_spec_with_tasks(spec, tasks), log)
     st = open_study(spec)
     trials = [dataclasses.replace(t, recipe=_with_tasks(t.recipe, tasks)) for t in expand(spec)]
     probe_finished(st, trials, log)
@@ -96,7 +93,8 @@ def probe_checkpoint(
             "test split (probe.protocol: split), not by cross-validation"
         )
     validate_recipe(recipe, "--task, as the checkpoint's ", str(path))
-    _prepare(tasks, root, declared, log)
+    for name in tasks:
+        prepare_task(name, root, log=log, custom=declared)  # at once when prepared already
     bank = DataBank(root, declared)
     scores = score(encoder_features(enc.vit, recipe, enc.norm), recipe, bank)
     rows = []
