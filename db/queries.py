@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -47,8 +47,10 @@ def start_trial(
     optuna_trial: int | None = None,
     mlflow_run_id: str | None = None,
     pretrain: str | None = None,
+    data: dict[str, str] | None = None,
 ) -> int:
-    """Insert or reset the trial row for a new attempt; returns its id."""
+    """Insert or reset the trial row for a new attempt; returns its id. `data`: the content
+    hash of each data set it reads, by name."""
     with session_scope(engine) as s:
         t = s.scalar(select(Trial).where(Trial.study_id == study_id, Trial.key == key))
         if t is None:
@@ -61,6 +63,7 @@ def start_trial(
         t.optuna_trial, t.started, t.finished, t.wall_s = optuna_trial, now(), None, None
         t.mlflow_run_id = mlflow_run_id
         t.pretrain = pretrain
+        t.data_json = json.dumps(data, sort_keys=True) if data is not None else None
         t.metrics.clear()
         t.curves.clear()
         t.predictions.clear()
@@ -125,12 +128,16 @@ def add_scores(
     trial_id: int,
     metrics: dict[tuple[str, str], float],
     predictions: dict[str, ClipPredictions] | None = None,
+    data: dict[str, str] | None = None,
 ) -> None:
     """Add (or replace) probe scores of a finished trial, task by task, in one transaction:
-    what probing a finished trial on a task it was not probed on yet records."""
+    what probing a finished trial on a task it was not probed on yet (or whose data changed)
+    records. `data`: the content hash of each task scored, kept with the row's others."""
     tasks = {task for task, _ in metrics} | set(predictions or {})
     with session_scope(engine) as s:
         t = s.get_one(Trial, trial_id)
+        if data:
+            t.data_json = json.dumps({**json.loads(t.data_json or "{}"), **data}, sort_keys=True)
         t.metrics[:] = [m for m in t.metrics if m.task not in tasks]
         t.predictions[:] = [p for p in t.predictions if p.task not in tasks]
         s.flush()
@@ -140,19 +147,28 @@ def add_scores(
             t.metrics.append(Metric(task=task, metric=metric, value=float(value)))
 
 
-def probed_tasks(engine: Engine, study: str) -> dict[str, tuple[int, str | None, set[str]]]:
-    """The study's finished trials and references: key -> (row id, MLflow run, tasks that have
-    an accuracy)."""
+class Probed(NamedTuple):
+    """A finished trial or reference, as `probed_tasks` finds it."""
+
+    row: int
+    run: str | None  # its MLflow run
+    tasks: dict[str, str | None]  # task with an accuracy -> content hash of its data then
+
+
+def probed_tasks(engine: Engine, study: str) -> dict[str, Probed]:
+    """The study's finished trials and references by key: what each was scored on."""
     stmt = (
-        select(Trial.id, Trial.key, Trial.mlflow_run_id, Metric.task)
+        select(Trial.id, Trial.key, Trial.mlflow_run_id, Trial.data_json, Metric.task)
         .join(Study, Trial.study_id == Study.id)
         .outerjoin(Metric, (Metric.trial_id == Trial.id) & (Metric.metric == "accuracy"))
         .where(Study.name == study, Trial.status == "done")
     )
-    out: dict[str, tuple[int, str | None, set[str]]] = {}
+    out: dict[str, Probed] = {}
     with engine.connect() as conn:
-        for row_id, key, run, task in conn.execute(stmt):
-            out.setdefault(key, (row_id, run, set()))[2].update([task] if task else [])
+        for row_id, key, run, data_json, task in conn.execute(stmt):
+            p = out.setdefault(key, Probed(row_id, run, {}))
+            if task:
+                p.tasks[task] = json.loads(data_json or "{}").get(task)
     return out
 
 

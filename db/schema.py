@@ -38,6 +38,9 @@ class Trial(Base):
     # The key of its pretraining (orchestrator.grid.pretrain_key): its checkpoint's name. NULL
     # in rows written before revision 0004, whose checkpoint is named by `key`.
     pretrain: Mapped[str | None] = mapped_column(String(64))
+    # The content hash of each data set it read, by name (model.data.datasets.task_content):
+    # its corpus, and each task it was scored on. NULL in rows written before revision 0005.
+    data_json: Mapped[str | None] = mapped_column(Text)
     seed: Mapped[int]
     axis: Mapped[str200]  # the axis this trial varies; "baseline" or "reference" otherwise
     setting: Mapped[str200]  # the axis value as text

@@ -86,6 +86,10 @@ class TargetConfig:
     branch: str = "targets-only"  # targets-only (M2D, Riou) | full-input (I-JEPA)
     norm: str = "layer"  # none | layer | instance | batch
     top_k: int = 1  # average the outputs of the last k encoder layers (data2vec); 1 = last
+    # What is predicted at the target positions: the target encoder's tokens (latent, the JEPA)
+    # or the log-mel patches themselves (input, as a masked autoencoder), normalised as `norm`
+    # says (layer: each patch standardised over its bins and frames, MAE's normalised pixels).
+    source: str = "latent"  # latent | input
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from model.vit import Block, ViT, init_weights, sincos_2d
 BRANCHES = ("targets-only", "full-input")
 TARGET_NORMS = ("none", "layer", "instance", "batch", "position")
 LOSSES = ("l2", "smooth_l1", "cosine")
+TARGET_SOURCES = ("latent", "input")
 
 
 class StepOutput(NamedTuple):
@@ -30,7 +31,9 @@ class Predictor(nn.Module):
     """Narrow transformer that maps context tokens plus positioned mask tokens to predictions
     at the target positions only."""
 
-    def __init__(self, cfg: PredictorConfig, enc_width: int, grid: tuple[int, int]):
+    def __init__(
+        self, cfg: PredictorConfig, enc_width: int, grid: tuple[int, int], out: int | None = None
+    ):
         super().__init__()
         self.embed = nn.Linear(enc_width, cfg.width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
@@ -39,7 +42,7 @@ class Predictor(nn.Module):
             Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.width)
-        self.out = nn.Linear(cfg.width, enc_width)
+        self.out = nn.Linear(cfg.width, out or enc_width)
         self.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
@@ -130,7 +133,9 @@ class JEPA(nn.Module):
         self.target_encoder = copy.deepcopy(self.encoder)
         for p in self.target_encoder.parameters():
             p.requires_grad_(False)
-        self.predictor = Predictor(recipe.predictor, recipe.encoder.width, self.encoder.grid)
+        pf, pt = recipe.encoder.patch
+        out = pf * pt if recipe.target.source == "input" else None
+        self.predictor = Predictor(recipe.predictor, recipe.encoder.width, self.encoder.grid, out)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -143,7 +148,11 @@ class JEPA(nn.Module):
         per_crop = masks.context.shape[0] // x.shape[0]
         xs = x.repeat_interleave(per_crop, 0) if per_crop > 1 else x  # (B*M, 1, M, T)
         with torch.no_grad():
-            if tc.branch == "full-input":
+            if tc.source == "input":
+                # A masked autoencoder's target: the log-mel patches at the target positions.
+                raw = apply_masks(self.encoder.patches(xs).float(), masks.target)
+                tgt = normalise_targets(raw, tc, masks.target, self.encoder.num_tokens)
+            elif tc.branch == "full-input":
                 # I-JEPA: the target encoder sees the whole input, once per crop whatever the
                 # number of masks; targets are selected in the latent space, after
                 # normalisation over all tokens of the clip.

@@ -111,11 +111,16 @@ class ViT(nn.Module):
         whose checkpoints it reads), computed as one matrix product over the unfolded patches:
         on CPU that is faster than the convolution kernel, forward and backward.
         """
+        w = self.patch.weight.view(self.patch.out_channels, -1)
+        return F.linear(self.patches(x), w, self.patch.bias) + self.pos
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """The log-mel patches, flattened: (B, 1, M, T) -> (B, N, pf * pt), row-major over
+        (F, T) as the tokens."""
         b = x.shape[0]
         (pf, pt), (f, t) = self.patch.kernel_size, self.grid
         p = x[:, 0, : f * pf, : t * pt].reshape(b, f, pf, t, pt).transpose(2, 3)
-        w = self.patch.weight.view(self.patch.out_channels, pf * pt)
-        return F.linear(p.reshape(b, f * t, pf * pt), w, self.patch.bias) + self.pos
+        return p.reshape(b, f * t, pf * pt)
 
     def forward(
         self, x: torch.Tensor, keep: torch.Tensor | None = None, top_k: int = 1

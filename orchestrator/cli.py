@@ -143,8 +143,17 @@ def run(
             check_size(spec, len(trials), yes)
         if dry_run:
             for t in trials:
-                _say(f"{t.key}  seed={t.seed}  {t.axis}={t.setting}")
+                mark = "*" if t.provisional else " "
+                _say(f"{t.key}{mark} seed={t.seed}  {t.axis}={t.setting}")
             _say(f"{len(trials)} trials in study {spec.study}")
+            unprepared = sorted(
+                {n for t in trials for n in t.recipe.data.corpus if n not in t.contents}
+            )
+            if unprepared:
+                _say(
+                    f"* provisional key: pretraining data {', '.join(unprepared)} is not "
+                    "prepared yet, and keys name data by its content; `abl run` prepares it first"
+                )
             # What the planned design can detect, once earlier results give the noise.
             url = spec.results_url
             if not url.startswith("sqlite") or Path(url.removeprefix("sqlite:///")).exists():
@@ -574,13 +583,23 @@ def data_prepare(
     data: DataRoot = None,
     experiments: ExperimentsOpt = None,
 ) -> None:
-    """Decode, split and cache the real-audio tasks (idempotent; seconds when done)."""
-    from model.data.datasets import TASKS, load_task, prepare_task, write_corpus_manifest
+    """Decode, split and cache the real-audio tasks (idempotent; seconds when done). A task
+    whose files changed since it was prepared is prepared again."""
+    from model.data.datasets import (
+        TASKS,
+        changed_since_prepared,
+        load_task,
+        prepare_task,
+        write_corpus_manifest,
+    )
 
     with user_errors():
         root, custom, corpus = _data_context(data, experiments)
         for name in task or [*sorted(TASKS), *(t.name for t in custom)]:
-            t = prepare_task(name, root, force=force, log=_say, custom=custom)
+            again = not force and changed_since_prepared(name, root, custom)
+            if again:
+                _say(f"{name}: its files changed since it was prepared; preparing it again")
+            t = prepare_task(name, root, force=force or again, log=_say, custom=custom)
             _say(f"{name}: {len(t.clips)} clips ready in {t.root}")
         if corpus and all((root / "tasks" / n / "task.json").is_file() for n in corpus):
             tasks = [load_task(n, root, custom) for n in corpus]

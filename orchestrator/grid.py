@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,17 +45,34 @@ def semantic_config(recipe: RecipeConfig) -> dict[str, Any]:
 
 
 # How keys stay stable across versions (docs/keys.md). A key hashes what was computed, as
-# JSON with sorted keys; it never hashes where data lives (a data set's root) nor bookkeeping
-# (NON_SEMANTIC). Key version 2 hashes every recipe field that exists in it (KEYED_V2 in
-# tests/test_keys.py pins the list). A field added later must come with its neutral value:
-# the value that computes what trials computed before the field existed. A recipe holding the
-# neutral value hashes as if the field were absent, so trials that ran before it keep their keys.
-KEY_NEUTRAL: dict[str, Any] = {}
+# JSON with sorted keys; it never hashes where data lives nor bookkeeping (NON_SEMANTIC). Key
+# version 3 hashes every recipe field that exists in it (KEYED_V3 in tests/test_keys.py pins
+# the list), with each pretraining data set by the content of its prepared audio
+# (model.data.datasets.task_content), not by its name, declaration or folder. A field added
+# later must come with its neutral value: the value that computes what trials computed before
+# the field existed. A recipe holding the neutral value hashes as if the field were absent, so
+# trials that ran before it keep their keys.
+KEY_VERSION = 3
+KEY_NEUTRAL: dict[str, Any] = {"target.source": "latent"}
+
+# Data set name -> the content hash of its prepared audio.
+Contents = Mapping[str, str]
 
 
-def _keyed(recipe: RecipeConfig) -> dict[str, Any]:
+def content_of(name: str, contents: Contents | None) -> str:
+    """How a data set enters a key: its content hash; by name where no contents are given
+    (telling two cells of one file apart, which share their data), and as "unprepared:NAME"
+    where it is not prepared yet (a provisional key: `abl run` prepares it before any key is
+    stored)."""
+    if contents is None:
+        return f"name:{name}"
+    return contents.get(name) or f"unprepared:{name}"
+
+
+def _keyed(recipe: RecipeConfig, contents: Contents | None) -> dict[str, Any]:
     d = json.loads(json.dumps(semantic_config(recipe), default=str))  # tuples as lists
-    d["data"]["tasks"] = [{k: v for k, v in t.items() if k != "root"} for t in d["data"]["tasks"]]
+    del d["data"]["tasks"]  # a declaration is keyed by what it prepared, through the corpus
+    d["data"]["corpus"] = [content_of(n, contents) for n in recipe.data.corpus]
     for path, neutral in KEY_NEUTRAL.items():
         section, name = path.split(".")
         if name in d[section] and d[section][name] == json.loads(json.dumps(neutral)):
@@ -66,23 +84,37 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def pretrain_key(recipe: RecipeConfig, seed: int) -> str:
-    """What is pretrained: the recipe without its probe section (and of the declared data sets
-    only those pretraining reads, by name, format and options), and the seed. Checkpoints are
-    kept under it, so trials that differ only in how they are probed share one pretraining."""
-    d = _keyed(recipe)
+def pretrain_key(recipe: RecipeConfig, seed: int, contents: Contents | None) -> str:
+    """What is pretrained: the recipe without its probe section, its corpus by content, and the
+    seed. Checkpoints are kept under it, so trials that differ only in how they are probed
+    share one pretraining."""
+    d = _keyed(recipe, contents)
     del d["probe"]
-    d["data"]["tasks"] = [t for t in d["data"]["tasks"] if t["name"] in recipe.data.corpus]
-    return _hash({"pretrain": d, "seed": seed})
+    return _hash({"pretrain": d, "seed": seed, "version": KEY_VERSION})
 
 
-def trial_key(recipe: RecipeConfig, seed: int) -> str:
+def trial_key(recipe: RecipeConfig, seed: int, contents: Contents | None) -> str:
     """A trial: its pretraining and how its encoder is probed (encoder, protocol, folds,
-    layers, C grid), not which tasks: results are kept per task, so adding a task to
-    probe.tasks probes finished trials for it and retrains nothing."""
-    probe = _keyed(recipe)["probe"]
+    layers, C grid), not which tasks: results are kept per task (with the content of the
+    task's data), so adding a task to probe.tasks probes finished trials for it and retrains
+    nothing."""
+    probe = _keyed(recipe, contents)["probe"]
     del probe["tasks"]
-    return _hash({"pretrain": pretrain_key(recipe, seed), "probe": probe})
+    return _hash({"pretrain": pretrain_key(recipe, seed, contents), "probe": probe})
+
+
+def study_contents(spec: StudySpec) -> dict[str, str]:
+    """The content hash of every prepared data set the study's trials read (corpus and probe
+    tasks); data sets not prepared yet are left out (their keys are provisional)."""
+    from model.data.datasets import resolve_data_root, task_content
+
+    root = resolve_data_root(spec.baseline.data.cache)
+    out = {}
+    for name in study_tasks(spec):
+        content = task_content(name, root)
+        if content is not None:
+            out[name] = content
+    return out
 
 
 @dataclass(frozen=True)
@@ -93,11 +125,18 @@ class TrialSpec:
     setting: str  # that axis' value, the cell's "axis=value,..." text, the entry's name
     settings: dict[str, str]  # every axis' value in this trial, by axis name
     recipe: RecipeConfig
+    # The content hash of each data set it reads (corpus and probe tasks) that is prepared.
+    contents: dict[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def pretrain(self) -> str:
         """The key of its pretraining (shared by trials that differ only in the probe)."""
-        return pretrain_key(self.recipe, self.seed)
+        return pretrain_key(self.recipe, self.seed, self.contents)
+
+    @property
+    def provisional(self) -> bool:
+        """Its key names data that is not prepared yet: preparing it gives the final key."""
+        return any(n not in self.contents for n in self.recipe.data.corpus)
 
     @property
     def label(self) -> str:
@@ -175,23 +214,28 @@ def _list_cells(spec: StudySpec) -> list[Cell]:
 DESIGN_CELLS = {"ofat": _ofat_cells, "factorial": _factorial_cells, "list": _list_cells}
 
 
-def expand(spec: StudySpec) -> list[TrialSpec]:
-    """The design's cells once per seed; a cell whose key already came up is not repeated."""
-    cells = DESIGN_CELLS[spec.design](spec)
+def expand(spec: StudySpec, contents: Contents | None = None) -> list[TrialSpec]:
+    """The design's cells once per seed; a cell whose key already came up is not repeated.
+    Data sets enter the keys by the content of their prepared audio: `contents`, else what the
+    data cache holds (`study_contents`)."""
+    if contents is None:
+        contents = study_contents(spec)
     out: list[TrialSpec] = []
     seen: set[str] = set()
     for seed in spec.seeds:
-        for axis, setting, settings, recipe in cells:
-            key = trial_key(recipe, seed)
+        for axis, setting, settings, recipe in DESIGN_CELLS[spec.design](spec):
+            key = trial_key(recipe, seed, contents)
             if key not in seen:
                 seen.add(key)
-                out.append(TrialSpec(key, seed, axis, setting, settings, recipe))
+                reads = (*recipe.data.corpus, *recipe.probe.tasks)
+                mine = {n: contents[n] for n in reads if n in contents}
+                out.append(TrialSpec(key, seed, axis, setting, settings, recipe, mine))
     return out
 
 
 def study_tasks(spec: StudySpec) -> list[str]:
     """Every task a trial of the study reads (pretraining corpus and probes), sorted."""
     names: set[str] = set()
-    for t in expand(spec):
-        names.update(t.recipe.data.corpus, t.recipe.probe.tasks)
+    for _, _, _, recipe in DESIGN_CELLS[spec.design](spec):
+        names.update(recipe.data.corpus, recipe.probe.tasks)
     return sorted(names)

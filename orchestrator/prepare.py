@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from model.config import TaskDef
 from model.data.datasets import (
     META,
+    changed_since_prepared,
     load_task,
     prepare_task,
     resolve_data_root,
@@ -162,10 +163,11 @@ def _layout_of(t: TaskDef) -> str:
     return FORMATS[t.format.strip().lower()].layout
 
 
-def check_data(spec: StudySpec, data_root: Path) -> list[str]:
-    """The tasks the study reads that are not prepared yet, each checked (its folder, its
-    layout, every file its metadata names); and each declared data set's root exists.
-    Raises AblError naming the experiments file, the task and the fix."""
+def check_data(spec: StudySpec, data_root: Path) -> tuple[list[str], list[str]]:
+    """The tasks the study reads that are not prepared yet, and those whose source changed
+    since they were prepared, each checked (its folder, its layout, every file its metadata
+    names); and each declared data set's root exists. Raises AblError naming the experiments
+    file, the task and the fix."""
     declared = spec.baseline.data.tasks
     for t in declared:
         if not Path(t.root).exists():
@@ -173,24 +175,28 @@ def check_data(spec: StudySpec, data_root: Path) -> list[str]:
                 f"{spec.source}: baseline.data.tasks.{t.name}.root = {t.root} does not exist; "
                 f"point it at the folder that holds {_layout_of(t)}"
             )
-    missing = [n for n in study_tasks(spec) if not (data_root / "tasks" / n / META).is_file()]
-    for name in missing:
+    names = study_tasks(spec)
+    missing = [n for n in names if not (data_root / "tasks" / n / META).is_file()]
+    changed = []
+    for name in names:
         try:
-            if not task_source(name, declared).clips():
-                raise AblError("its source lists no audio")
+            if name in missing:
+                if not task_source(name, declared).clips():
+                    raise AblError("its source lists no audio")
+            elif changed_since_prepared(name, data_root, declared):
+                changed.append(name)
         except AblError as e:
-            raise AblError(
-                f"{spec.source}: task {name!r} is not prepared, and cannot be: {e}"
-            ) from None
-    if missing:
+            what = "is not prepared, and cannot be" if name in missing else "cannot be read"
+            raise AblError(f"{spec.source}: task {name!r} {what}: {e}") from None
+    if missing or changed:
         why = _writable_folder(data_root)
         if why:
             raise AblError(
                 f"{spec.source}: data cache {data_root} cannot be written ({why}), so tasks "
-                f"{', '.join(missing)} cannot be prepared; set baseline.data.cache (or "
-                "$ABL_DATA) to a folder you can write"
+                f"{', '.join(missing + changed)} cannot be prepared; set baseline.data.cache "
+                "(or $ABL_DATA) to a folder you can write"
             )
-    return missing
+    return missing, changed
 
 
 def prepare_study(spec: StudySpec, log: Log = print) -> Prepared:
@@ -198,21 +204,27 @@ def prepare_study(spec: StudySpec, log: Log = print) -> Prepared:
     check_storage(spec)
     check_output(spec)
     data_root = resolve_data_root(spec.baseline.data.cache)
-    missing = check_data(spec, data_root)
+    missing, changed = check_data(spec, data_root)
     declared = spec.baseline.data.tasks
-    for name in missing:
-        log(f"{name}: not prepared yet; preparing it (once, for every study that reads it)")
+    for name in missing + changed:
+        if name in changed:
+            log(
+                f"{name}: its files changed since it was prepared; preparing it again (keys "
+                "name data by content: what reads it is computed anew if its audio changed)"
+            )
+        else:
+            log(f"{name}: not prepared yet; preparing it (once, for every study that reads it)")
         try:
-            task = prepare_task(name, data_root, log=log, custom=declared)
+            task = prepare_task(name, data_root, True, log, custom=declared)
         except AblError as e:
             raise AblError(f"{spec.source}: task {name!r} could not be prepared: {e}") from None
         log(f"{name}: {len(task.clips)} clips ready in {task.root}")
     corpus = spec.baseline.data.corpus
-    if set(missing) & set(corpus):
+    if set(missing + changed) & set(corpus):
         tasks = [load_task(n, data_root, declared) for n in corpus]
         hours = write_corpus_manifest(tasks, data_root / "corpus.csv")
         log(
             f"pretraining corpus: {hours:.2f} h from {', '.join(corpus)} (train splits only), "
             f"listed in {data_root / 'corpus.csv'}"
         )
-    return Prepared(data_root, tuple(missing))
+    return Prepared(data_root, tuple(missing + changed))

@@ -17,7 +17,7 @@ import numpy as np
 
 from db import queries
 from model.embed import clip_embeddings
-from model.errors import no_room
+from model.errors import AblError, no_room
 from model.flops import train_step_flops
 from model.probe import knn_accuracy
 from model.train import train
@@ -45,6 +45,12 @@ def pretraining_lock(ckpt: Path) -> Iterator[None]:
 def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> bool:
     """Pretrain, probe and record one trial; returns True when it finished."""
     recipe = trial.recipe
+    if trial.provisional:  # its key would name data by a placeholder: never stored
+        unprepared = [n for n in recipe.data.corpus if n not in trial.contents]
+        raise AblError(
+            f"{trial.label}: pretraining data {', '.join(unprepared)} is not prepared; run "
+            f"`abl data prepare --task {unprepared[0]}` (abl run and abl worker prepare it)"
+        )
     config = semantic_config(recipe)
     tags = {
         "abl.role": "trial",
@@ -55,6 +61,7 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         "abl.setting": trial.setting,
     }
     tags.update({f"abl.axis.{k}": v for k, v in trial.settings.items()})
+    tags.update({f"abl.data.{k}": v for k, v in trial.contents.items()})
     run_id = st.tracker.start_run(trial.label, st.parent_run, tags, flatten(config))
     row = queries.start_trial(
         st.engine,
@@ -69,6 +76,7 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
         claim.number if claim else None,
         run_id,
         trial.pretrain,
+        trial.contents,
     )
     if claim is not None:
         st.ledger.record_params(claim, trial.settings, axis_choices(st.spec))

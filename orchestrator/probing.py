@@ -142,30 +142,45 @@ def probed_encoder(model, recipe: RecipeConfig) -> ViT:  # noqa: ANN001
     return model.encoder if recipe.probe.encoder == "context" else model.target_encoder
 
 
-def missing_tasks(recipe: RecipeConfig, have: tuple[int, str | None, set[str]] | None) -> tuple:
-    """The probe tasks of `recipe` a finished row has no score for (all of them without one)."""
-    return tuple(t for t in recipe.probe.tasks if have is None or t not in have[2])
+def missing_tasks(
+    recipe: RecipeConfig, have: queries.Probed | None, contents: dict[str, str]
+) -> tuple[str, ...]:
+    """The probe tasks of `recipe` a finished row has no score for (all of them without a
+    row), or whose data has changed since it was scored (its content hash differs)."""
+
+    def stale(task: str) -> bool:
+        then, now = have.tasks.get(task), contents.get(task)
+        return then is not None and now is not None and then != now
+
+    return tuple(t for t in recipe.probe.tasks if have is None or t not in have.tasks or stale(t))
 
 
-def record_scores(st: Study, have: tuple, scores: ProbeScores, label: str, log: Log) -> None:
-    row, run_id, _ = have
-    queries.add_scores(st.engine, row, scores.metrics, scores.predictions)
-    if run_id:
-        st.tracker.log_metrics(run_id, [(f"{t}.{m}", v, 0) for (t, m), v in scores.metrics.items()])
+def record_scores(
+    st: Study, have: queries.Probed, scores: ProbeScores, label: str, contents: dict, log: Log
+) -> None:
+    tasks = {t for t, _ in scores.metrics}
+    data = {t: c for t, c in contents.items() if t in tasks}
+    queries.add_scores(st.engine, have.row, scores.metrics, scores.predictions, data)
+    if have.run:
+        metrics = [(f"{t}.{m}", v, 0) for (t, m), v in scores.metrics.items()]
+        st.tracker.log_metrics(have.run, metrics)
     accs = ", ".join(f"{t} {v:.3f}" for (t, m), v in scores.metrics.items() if m == "accuracy")
-    log(f"  probed {label} on its new task(s): accuracy {accs}")
+    changed = [t for t in tasks if have.tasks.get(t) not in (None, data.get(t))]
+    what = "new or changed" if changed else "new"
+    log(f"  probed {label} on its {what} task(s): accuracy {accs}")
 
 
 def probe_finished(st: Study, trials: list[TrialSpec], log: Log) -> int:
-    """Probe the study's finished trials on the tasks of their probe.tasks they have no score
-    for (tasks added since they ran), from their checkpoints: nothing is retrained. Scores go
-    to the trial's row and MLflow run. Returns how many trials were probed."""
+    """Probe the study's finished trials, from their checkpoints, on the tasks of their
+    probe.tasks they have no score for (tasks added since they ran) or whose data changed
+    since: nothing is retrained. Scores go to the trial's row and MLflow run. Returns how many
+    trials were probed."""
     have = queries.probed_tasks(st.engine, st.spec.study)
     n = 0
     for trial in trials:
         if trial.key not in have:
             continue  # not finished: its run probes every task
-        missing = missing_tasks(trial.recipe, have[trial.key])
+        missing = missing_tasks(trial.recipe, have[trial.key], trial.contents)
         if not missing:
             continue
         ckpt = st.checkpoints / f"{trial.pretrain}.pt"
@@ -179,6 +194,7 @@ def probe_finished(st: Study, trials: list[TrialSpec], log: Log) -> int:
         encoder = load_encoder(ckpt, recipe.probe.encoder).vit
         emb_dir = st.spec.output / "embeddings" / trial.key
         features = encoder_features(encoder, recipe, st.bank.normalizer(recipe), emb_dir)
-        record_scores(st, have[trial.key], score(features, recipe, st.bank), trial.label, log)
+        scores = score(features, recipe, st.bank)
+        record_scores(st, have[trial.key], scores, trial.label, trial.contents, log)
         n += 1
     return n

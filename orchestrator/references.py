@@ -11,7 +11,7 @@ import torch
 from db import queries
 from model.probe import logmel_stats
 from model.vit import ViT
-from orchestrator.grid import semantic_config, trial_key
+from orchestrator.grid import semantic_config, study_contents, trial_key
 from orchestrator.probing import encoder_features, missing_tasks, record_scores, score
 from orchestrator.spec import with_value
 from orchestrator.study import Log, Study
@@ -25,13 +25,15 @@ def run_references(st: Study, log: Log, share: tuple[int, int] = (0, 1)) -> None
     recipe = st.spec.baseline
     norm = st.bank.normalizer(recipe)
     have = queries.probed_tasks(st.engine, st.spec.study)
+    contents = study_contents(st.spec)
+    data = {n: contents[n] for n in (*recipe.data.corpus, *recipe.probe.tasks) if n in contents}
     part, parts = share
     jobs = [(seed, "random-init") for seed in st.spec.seeds[part::parts]]
     if part == 0:
         jobs.append((-1, "logmel-stats"))
     for seed, name in jobs:
-        key = "ref-" + trial_key(recipe, seed)[:12] + "-" + name
-        missing = missing_tasks(recipe, have.get(key))
+        key = "ref-" + trial_key(recipe, seed, contents)[:12] + "-" + name
+        missing = missing_tasks(recipe, have.get(key), contents)
         if not missing:
             continue
         t0 = time.perf_counter()
@@ -43,7 +45,7 @@ def run_references(st: Study, log: Log, share: tuple[int, int] = (0, 1)) -> None
         else:
             scores = score(lambda fs, _name: logmel_stats(fs, norm), part_recipe, st.bank)
         if key in have:  # scored before, on fewer tasks: add the new ones
-            record_scores(st, have[key], scores, f"reference {name} seed={seed}", log)
+            record_scores(st, have[key], scores, f"reference {name} seed={seed}", data, log)
             continue
         tags = {
             "abl.role": "reference",
@@ -65,6 +67,7 @@ def run_references(st: Study, log: Log, share: tuple[int, int] = (0, 1)) -> None
             {},
             semantic_config(recipe),
             st.worker,
+            data=data,
         )
         queries.finish_trial(
             st.engine,

@@ -161,7 +161,7 @@ def _check_folder(folder: Path, key: str, spec: StudySpec) -> None:
 def check_data(spec: StudySpec) -> Path:
     """The data cache, with every task the study reads prepared: a worker must never prepare
     data (many would at once, on the shared filesystem)."""
-    from model.data.datasets import resolve_data_root
+    from model.data.datasets import changed_since_prepared, resolve_data_root
     from orchestrator.grid import study_tasks
 
     root = resolve_data_root(spec.baseline.data.cache)
@@ -170,6 +170,14 @@ def check_data(spec: StudySpec) -> Path:
         raise AblError(
             f"{spec.source}: task(s) {', '.join(missing)} are not prepared in the data cache "
             f"{root}; run `abl data prepare -e {spec.source}` once on this host first"
+        )
+    declared = spec.baseline.data.tasks
+    changed = [t for t in study_tasks(spec) if changed_since_prepared(t, root, declared)]
+    if changed:
+        raise AblError(
+            f"{spec.source}: the files of task(s) {', '.join(changed)} changed since they were "
+            f"prepared in {root}; run `abl data prepare -e {spec.source}` once on this host "
+            "to prepare them again"
         )
     return root
 

@@ -27,7 +27,7 @@ from model.data.features import SAMPLINGS
 from model.data.sources import TASKS
 from model.embed import ENCODERS
 from model.errors import AblError
-from model.jepa import BRANCHES, LOSSES, TARGET_NORMS
+from model.jepa import BRANCHES, LOSSES, TARGET_NORMS, TARGET_SOURCES
 from model.masks import CURRICULUM, MASKERS, OVERLAP
 from model.precision import PRECISIONS
 from model.probe import PROTOCOLS
@@ -475,6 +475,8 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         )
     if r.target.norm not in TARGET_NORMS:
         raise bad("target.norm", f"= {r.target.norm!r}; use one of {', '.join(TARGET_NORMS)}")
+    if r.target.source not in TARGET_SOURCES:
+        raise bad("target.source", f"= {r.target.source!r}; use one of {', '.join(TARGET_SOURCES)}")
     if r.loss.kind not in LOSSES:
         raise bad("loss.kind", f"= {r.loss.kind!r}; use one of {', '.join(LOSSES)}")
     pf, pt = enc.patch
@@ -713,7 +715,7 @@ def _parse_configs(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Confi
             "{name: m2d-like, mask.strategy: unstructured, mask.ratio: 0.7}"
         )
     entries: list[ConfigEntry] = []
-    seen: list[tuple[str, str]] = [("the baseline", trial_key(baseline, 0))]
+    seen: list[tuple[str, str]] = [("the baseline", trial_key(baseline, 0, None))]
     for i, body in enumerate(raw):
         where = f"configs[{i}]"
         if not isinstance(body, dict):
@@ -742,7 +744,7 @@ def _parse_configs(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Confi
         )
         recipe = entry.apply(baseline)
         validate_recipe(recipe, f"{where} ({entry.name}): ", source)
-        config = trial_key(recipe, 0)
+        config = trial_key(recipe, 0, None)
         for other, other_config in seen:
             if config == other_config:
                 fix = (

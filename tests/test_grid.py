@@ -83,8 +83,9 @@ def test_each_setting_in_the_key_changes_it_and_each_left_out_does_not(section, 
     base = load_spec(ROOT / "experiments.yaml").baseline
     moved = _moved(base, section, name)
     assert moved != base
-    same_trial = trial_key(moved, 0) == trial_key(base, 0)
-    same_pretraining = pretrain_key(moved, 0) == pretrain_key(base, 0)
+    data = {n: f"content-of-{n}" for n in (*base.data.corpus, *base.probe.tasks)}
+    same_trial = trial_key(moved, 0, data) == trial_key(base, 0, data)
+    same_pretraining = pretrain_key(moved, 0, data) == pretrain_key(base, 0, data)
     if (section, name) in NON_SEMANTIC or (section, name) == ("probe", "tasks"):
         assert same_trial and same_pretraining
     elif section == "probe":
@@ -104,7 +105,7 @@ def test_settings_left_out_of_the_key_are_the_bookkeeping_ones():
     }
 
 
-def test_a_declared_data_set_is_keyed_by_what_it_is_not_where_it_lives():
+def test_a_data_set_is_keyed_by_its_content_not_its_name_declaration_or_folder():
     base = load_spec(ROOT / "experiments.yaml").baseline
     mine = TaskDef("mine", "folder", "/data/mine")
 
@@ -113,20 +114,24 @@ def test_a_declared_data_set_is_keyed_by_what_it_is_not_where_it_lives():
             base, data=dataclasses.replace(base.data, tasks=tasks, corpus=corpus)
         )
 
+    data = {n: f"content-of-{n}" for n in base.data.corpus} | {"mine": "abc", "ours": "abc"}
     moved = dataclasses.replace(mine, root="/elsewhere/mine")
     other = dataclasses.replace(mine, options='{"exclude": ["x"]}')
-    # Moving a data set to another disk is not a different computation.
-    assert trial_key(declared(moved), 0) == trial_key(declared(mine), 0)
-    # A data set only probed is not part of what is pretrained, nor of the trial key (its
-    # scores are kept under its name); one pretrained on is, with its format and options.
-    assert trial_key(declared(mine), 0) == trial_key(base, 0)
     corpus = (*base.data.corpus, "mine")
-    assert pretrain_key(declared(mine, corpus=corpus), 0) != pretrain_key(
-        declared(other, corpus=corpus), 0
-    )
-    assert pretrain_key(declared(moved, corpus=corpus), 0) == pretrain_key(
-        declared(mine, corpus=corpus), 0
-    )
+    key = pretrain_key(declared(mine, corpus=corpus), 0, data)
+    # Moving a data set, or declaring it otherwise with the same prepared audio, is not a
+    # different computation; nor is its name.
+    assert pretrain_key(declared(moved, corpus=corpus), 0, data) == key
+    assert pretrain_key(declared(other, corpus=corpus), 0, data) == key
+    ours = dataclasses.replace(mine, name="ours")
+    assert pretrain_key(declared(ours, corpus=(*base.data.corpus, "ours")), 0, data) == key
+    # Other audio under the same name and declaration is.
+    assert pretrain_key(declared(mine, corpus=corpus), 0, data | {"mine": "abd"}) != key
+    # A data set only probed is not part of what is pretrained, nor of the trial key (its
+    # scores are kept per task, with its content).
+    assert trial_key(declared(mine), 0, data) == trial_key(base, 0, data)
+    # Not prepared yet: a provisional key, never equal to a prepared one.
+    assert pretrain_key(declared(mine, corpus=corpus), 0, {}) != key
 
 
 def _keys(tmp_path: Path, name: str, **top) -> dict[str, str]:
@@ -185,7 +190,7 @@ def test_repo_file_expands_to_two_masking_cells_over_three_seeds():
     ]
     assert {t.recipe.mask.strategy for t in trials} == {"unstructured", "time"}
     # The first cell is the baseline recipe itself.
-    assert trials[0].key == trial_key(spec.baseline, 0)
+    assert trials[0].key == trial_key(spec.baseline, 0, trials[0].contents)
 
 
 def test_factorial_crosses_every_value_of_every_axis(tmp_path):
@@ -242,7 +247,7 @@ def test_factorial_crossed_keeps_other_axes_at_the_baseline(tmp_path):
     assert {t.recipe.target.norm for t in trials} == {spec.baseline.target.norm}
     assert {t.settings["target.norm"] for t in trials} == {"layer"}
     # Both baseline values are listed, so the baseline is one of the cells.
-    assert trial_key(spec.baseline, 0) in {t.key for t in trials}
+    assert trial_key(spec.baseline, 0, trials[0].contents) in {t.key for t in trials}
 
 
 def test_factorial_validates_cells_not_values_beside_the_baseline(tmp_path):

@@ -98,6 +98,7 @@ AXES = [
     ("target.norm", "layer", "position", {}),
     ("target.norm", "layer", "position", {"target.branch": "full-input"}),
     ("target.top_k", 1, 2, {}),
+    ("target.source", "latent", "input", {}),
     ("loss.kind", "l2", "smooth_l1", {}),
     ("loss.kind", "l2", "cosine", {}),
     ("encoder.depth", 2, 3, {}),
@@ -237,6 +238,26 @@ def test_predictor_returns_only_target_positions_and_targets_are_normalised():
     assert out.context.shape == (3, masks.context.shape[1], 32)
     assert torch.allclose(out.targets.mean(-1), torch.zeros(()), atol=1e-4)
     assert math.isfinite(float(out.loss.detach()))
+
+
+def test_input_targets_are_the_normalised_log_mel_patches_at_the_target_positions():
+    """target.source: input (a masked autoencoder): the predictor regresses each target
+    patch's 16 x 16 log-mel values, standardised per patch; no target encoder is involved."""
+    r = with_value(TINY, "target.source", "input")
+    model = JEPA(r)
+    x = torch.randn(3, 1, 80, 64)
+    masks = sample_masks(3, model.grid, r.mask, seed=0)
+    out = model(x, masks)
+    n = masks.target.shape[1]
+    assert out.targets.shape == out.raw_targets.shape == (3, n, 256)
+    i, j = 1, int(masks.target[1, 0])  # the first target patch of the second clip
+    f, t = divmod(j, model.grid[1])
+    patch = x[i, 0, f * 16 : (f + 1) * 16, t * 16 : (t + 1) * 16].reshape(-1)
+    assert torch.allclose(out.raw_targets[i, 0], patch)
+    assert torch.allclose(out.targets[i, 0], (patch - patch.mean()) / patch.std(unbiased=False))
+    with torch.no_grad():
+        model.target_encoder.blocks[0].attn.qkv.weight.mul_(2)  # unused: changes nothing
+    assert torch.equal(model(x, masks).targets, out.targets)
 
 
 def test_history_has_every_step_and_collapse_signals(run):

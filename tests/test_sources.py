@@ -32,7 +32,12 @@ def listed() -> dict[str, list[RawClip]]:
 
 def test_the_four_default_tasks_are_registered() -> None:
     assert set(LABELLED) == {"env-sfx", "music-family", "speech-speaker", "speech-digits"}
-    assert set(TASKS) - set(LABELLED) == {"corpus-0ad", "corpus-wesnoth", "corpus-speech"}
+    assert set(TASKS) - set(LABELLED) == {
+        "corpus-0ad",
+        "corpus-wesnoth",
+        "corpus-speech",
+        "corpus-sfx",
+    }
     for name, source in TASKS.items():
         assert source.name == name
         assert source.description and source.packages

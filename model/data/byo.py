@@ -17,6 +17,7 @@ docs/byo.md for the folder layouts and the experiments-file syntax.
 from __future__ import annotations
 
 import csv
+import hashlib
 import inspect
 import json
 import os
@@ -72,6 +73,7 @@ class _Layout:
     def __init__(self, name: str, root: str | Path) -> None:
         self.name = name
         self.root = Path(root).expanduser()
+        self._seen: list[Path] = []  # every file the last scan read: metadata and audio
 
     @property
     def description(self) -> str:
@@ -83,7 +85,20 @@ class _Layout:
                 f"{self.root}: data root of task {self.name!r} does not exist; set "
                 f"data.tasks.{self.name}.root to the folder that holds {self.layout}"
             )
+        self._seen = []
         return self._finish(self._scan())
+
+    def stamp(self) -> str:
+        """What the data set's files are now, cheaply: the name (under the root), size and
+        modification time of every file a scan reads. Another stamp than at preparation means
+        the folder changed (or was copied without its times): it is prepared again."""
+        if not self._seen:
+            self.clips()
+        rows = set()
+        for p in self._seen:
+            st = p.stat()
+            rows.add((_relative_name(p, self.root), st.st_size, st.st_mtime_ns))
+        return hashlib.sha256(json.dumps(sorted(rows)).encode()).hexdigest()[:20]
 
     def _scan(self) -> list[RawClip]:
         raise NotImplementedError
@@ -96,6 +111,7 @@ class _Layout:
                 f"{path}: not found; the {self.format} layout of task {self.name!r} expects "
                 f"this file ({self.layout})"
             )
+        self._seen.append(path)
         return path
 
     def _need_dir(self, path: Path) -> Path:
@@ -110,9 +126,11 @@ class _Layout:
         """`path`, named by a manifest at `where` ("file:line"), must be an existing file."""
         if not path.is_file():
             raise AblError(f"{where}: audio file {path} not found; restore it or remove the entry")
+        self._seen.append(path)
         return path
 
     def _clip(self, path: Path, label: str, group: str, split: str | None = None) -> RawClip:
+        self._seen.append(path)
         return RawClip(_relative_name(path, self.root), label, group, path.read_bytes, split)
 
     def _read_csv(
@@ -642,6 +660,7 @@ class CorpusTask(_Layout):
                 f"{listing}: cannot be read as a text list of audio paths ({e}); point "
                 f"data.tasks.{self.name}.root at a folder of audio or a UTF-8 list file"
             ) from None
+        self._seen.append(listing)
         base = listing.parent
         out = []
         first_line: dict[Path, int] = {}

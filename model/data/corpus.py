@@ -10,6 +10,7 @@ the crop length would teach the JEPA to predict padding.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,16 +126,98 @@ class AsteriskSpeech:
         return out
 
     def _join(self, files: list[Path]) -> bytes:
-        from model.data.audio import AudioError, load_audio
-        from model.data.sources import wav_bytes
+        return _join_waves([f.read_bytes for f in files], self.sample_rate, self.gap_seconds)
 
-        gap = np.zeros(round(self.gap_seconds * self.sample_rate), np.float32)
-        parts = []
-        for f in files:
-            try:
-                parts += [load_audio(f.read_bytes(), self.sample_rate, name=str(f)), gap]
-            except AudioError:
-                continue
-        wave = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        peak = float(np.abs(wave).max()) if wave.size else 0.0
-        return wav_bytes(wave / peak * 0.5 if peak > 0 else wave, self.sample_rate)
+
+def _joined(
+    stream: str, parts: list[tuple[str, Callable[[], bytes]]], seconds: float, gap: float
+) -> list[tuple[str, list[Callable[[], bytes]]]]:
+    """Cut one stream of short recordings (name, reader) into batches of about `seconds`
+    (`gap` of silence after each), in order: (recording name, its readers)."""
+    import io
+
+    import soundfile as sf
+
+    batches: list[list[Callable[[], bytes]]] = [[]]
+    total = 0.0
+    for _, read in parts:
+        try:
+            total += sf.info(io.BytesIO(read())).duration + gap
+        except RuntimeError:
+            continue  # unreadable: left out
+        batches[-1].append(read)
+        if total >= seconds:
+            batches.append([])
+            total = 0.0
+    return [(f"{stream}/{i:04d}.wav", b) for i, b in enumerate(filter(None, batches))]
+
+
+def _join_waves(
+    readers: list[Callable[[], bytes]], rate: int, gap: float, each: bool = False
+) -> bytes:
+    """One recording of the parts, `gap` seconds of silence after each; with `each`, every part
+    is brought to the same peak first (sound effects differ in level by tens of dB)."""
+    from model.data.audio import AudioError, load_audio
+    from model.data.sources import wav_bytes
+
+    silence = np.zeros(round(gap * rate), np.float32)
+    parts = []
+    for read in readers:
+        try:
+            w = load_audio(read(), rate)
+        except AudioError:
+            continue
+        peak = float(np.abs(w).max()) if w.size else 0.0
+        if each and peak > 0:
+            w = w / peak * 0.5
+        parts += [w, silence]
+    wave = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    peak = float(np.abs(wave).max()) if wave.size else 0.0
+    return wav_bytes(wave / peak * 0.5 if peak > 0 else wave, rate)
+
+
+class GameEffects:
+    """Short sound events that no probe task uses: the sound effects and the voice lines (15
+    voice packs, many speakers) of Hedgewars (`hedgewars-data`) and the city sounds of
+    LinCity-NG (`lincity-ng-data`), 30 min in all. Each folder's files are joined, in file
+    order with 0.25 s of silence between them and each brought to the same peak, into
+    recordings of about 30 s: a crop holds several whole events and no padding."""
+
+    name = "corpus-sfx"
+    description = "game sound effects and voice lines, joined into 30 s recordings (unlabelled)"
+    packages = ("hedgewars-data", "lincity-ng-data")
+    hedgewars = Path("/usr/share/games/hedgewars/Data/Sounds")
+    lincity = Path("/usr/share/games/lincity-ng/sounds")
+    seconds = 30.0
+    gap_seconds = 0.25
+    sample_rate = 16000
+    max_seconds = 60.0
+    unlabelled = True
+
+    def streams(self) -> dict[str, list[tuple[str, Callable[[], bytes]]]]:
+        def files(folder: Path) -> list[tuple[str, Callable[[], bytes]]]:
+            found = sorted(f for f in folder.glob("*") if f.is_file()) if folder.is_dir() else []
+            return [(f.name, f.read_bytes) for f in found]
+
+        out = {"hedgewars": files(self.hedgewars), "lincity": files(self.lincity)}
+        voices = self.hedgewars / "voices"
+        for d in sorted(voices.iterdir()) if voices.is_dir() else []:
+            out[f"hedgewars-{d.name}"] = files(d)
+        if not out["hedgewars"] or not out["lincity"]:
+            raise AblError(
+                f"{self.name}: sound effects missing under {self.hedgewars} or {self.lincity}; "
+                f"install the Debian packages {', '.join(self.packages)} (scripts/setup.sh does)"
+            )
+        return out
+
+    def clips(self) -> list[RawClip]:
+        from model.data.sources import RawClip
+
+        out = []
+        for stream, parts in self.streams().items():
+            for name, readers in _joined(stream, parts, self.seconds, self.gap_seconds):
+                join = functools.partial(
+                    _join_waves, readers, self.sample_rate, self.gap_seconds, True
+                )
+                out.append(RawClip(name, stream, stream, join, split="train"))
+        return out

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from model.config import TaskDef
 from model.data.audio import AudioError, is_silent, load_audio, save_flac
 from model.data.byo import byo_source
@@ -102,6 +104,11 @@ def load_task(name: str, data_root: Path, custom: tuple[TaskDef, ...] = ()) -> P
         raise AblError(
             f"{root}: task {name!r} is not prepared; run `abl data prepare --task {name}`"
         )
+    return load_task_at(name, root)
+
+
+def load_task_at(name: str, root: Path) -> PreparedTask:
+    """The prepared task in folder `root` (its task.json and manifest)."""
     meta = json.loads((root / META).read_text())
     with open(root / MANIFEST, newline="") as f:
         clips = tuple(
@@ -141,6 +148,7 @@ def prepare_task(
     shutil.rmtree(work, ignore_errors=True)
     (work / "audio").mkdir(parents=True)
     rows: list[Clip] = []
+    pcm: dict[str, str] = {}
     skipped: Counter[str] = Counter()
     skipped_files: list[dict[str, str]] = []
     for clip in _progress(raw, log, name):
@@ -158,6 +166,7 @@ def prepare_task(
         rel = prepared_file(clip.name)
         save_flac(work / rel, wave, PREPARED_RATE)
         digest = hashlib.sha1((work / rel).read_bytes()).hexdigest()
+        pcm[rel] = _pcm_sha1(work / rel)
         rows.append(
             Clip(
                 rel,
@@ -183,6 +192,8 @@ def prepare_task(
         "split_by_clip": fine,
         "skipped_files": skipped_files,
         "manifest_sha1": hashlib.sha1((work / MANIFEST).read_bytes()).hexdigest(),
+        "content": _content(rows, pcm),
+        "source_stamp": source_stamp(source),
         "prepare_seconds": round(time.perf_counter() - t0, 2),
     }
     (work / META).write_text(json.dumps(meta, indent=2))
@@ -192,6 +203,65 @@ def prepare_task(
     if skipped:
         log(f"{name}: skipped {sum(skipped.values())} clips ({dict(skipped)}); see {final / META}")
     return load_task(name, data_root, custom)
+
+
+def source_stamp(source: TaskSource) -> str:
+    """What a task's source is now, cheaply (no decoding): a data set of the user's own stamps
+    its files (`stamp`); a built-in task, the versions of its Debian packages. Recorded at
+    preparation; another stamp later means the source changed."""
+    stamp = getattr(source, "stamp", None)
+    if stamp is not None:
+        return str(stamp())
+    versions = {p: package_version(p) for p in source.packages}
+    return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def changed_since_prepared(name: str, data_root: Path, custom: tuple[TaskDef, ...] = ()) -> bool:
+    """The prepared task's source has changed since (a task prepared by a release that kept
+    no stamp never counts as changed)."""
+    meta_path = data_root / "tasks" / name / META
+    if not meta_path.is_file():
+        return False
+    then = json.loads(meta_path.read_text()).get("source_stamp")
+    return then is not None and then != source_stamp(task_source(name, custom))
+
+
+def _pcm_sha1(path: Path) -> str:
+    """SHA-1 of a prepared file's 16-bit samples: its audio, whatever FLAC encoder wrote it."""
+    import soundfile as sf
+
+    data, _ = sf.read(str(path), dtype="int16", always_2d=True)
+    return hashlib.sha1(np.ascontiguousarray(data, "<i2").tobytes()).hexdigest()
+
+
+def _content(clips: list[Clip] | tuple[Clip, ...], pcm: dict[str, str]) -> str:
+    """What a prepared task holds, as one hash: every clip's file name, label, group, split and
+    samples (not the FLAC bytes: another encoder version writes other bytes for the same
+    audio). Where the task lives, and where its source lived, are not in it."""
+    rows = sorted([c.file, c.label, c.group, c.split, pcm[c.file]] for c in clips)
+    doc = json.dumps({"sample_rate": PREPARED_RATE, "clips": rows}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:20]
+
+
+def task_content(name: str, data_root: Path) -> str | None:
+    """The content hash of a prepared task (`_content`), None when it is not prepared. Tasks
+    prepared by releases before it have none in their task.json: it is computed once, from
+    their audio, and written there."""
+    root = data_root / "tasks" / name
+    if not (root / META).is_file():
+        return None
+    meta = json.loads((root / META).read_text())
+    if "content" not in meta:
+        task = load_task_at(name, root)
+        pcm = {c.file: _pcm_sha1(root / c.file) for c in task.clips}
+        meta["content"] = _content(task.clips, pcm)
+        tmp = root / f".{META}.partial-{os.getpid()}"
+        try:
+            tmp.write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, root / META)
+        except OSError:  # a read-only cache: computed again next time, never wrong
+            tmp.unlink(missing_ok=True)
+    return str(meta["content"])
 
 
 def _progress(items: list[RawClip], log: Callable[[str], None], name: str) -> Iterator[RawClip]:

@@ -482,6 +482,7 @@ def _run_stdout(args: list[str]) -> bytes:
 
 from model.data.corpus import (  # noqa: E402  (corpus.py imports RawClip from here)
     AsteriskSpeech,
+    GameEffects,
     WesnothMusic,
     ZeroADLongform,
 )
@@ -490,6 +491,7 @@ TASKS: dict[str, TaskSource] = {
     "corpus-0ad": ZeroADLongform(),
     "corpus-wesnoth": WesnothMusic(),
     "corpus-speech": AsteriskSpeech(),
+    "corpus-sfx": GameEffects(),
     "env-sfx": ZeroADEffects(),
     "music-family": SoundFontNotes(),
     "speech-speaker": FilletsSpeakers(),

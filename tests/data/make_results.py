@@ -1,8 +1,12 @@
-"""Write tests/data/results-v2.db: the results database of a tiny study run by the release that
-introduced key version 2 (orchestrator/grid.py). tests/test_keys.py checks that every later
-release computes the same keys from its rows. Run once, from the repository root:
+"""Write tests/data/results-vN.db: the results database of a tiny study run by the release that
+introduced key version N (orchestrator.grid.KEY_VERSION). tests/test_keys.py checks that every
+later release computes the same keys from its rows. Run once per key version, from the
+repository root:
 
-    .venv/bin/python -m tests.data.make_results_v2
+    .venv/bin/python -m tests.data.make_results
+
+results-v2.db was written by the release of key version 2 (with this script, then named
+make_results_v2.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from orchestrator.grid import KEY_VERSION
 from tests.conftest import _tiny_experiments
 
 HERE = Path(__file__).resolve().parent
@@ -32,7 +37,7 @@ def main() -> None:
         )
         abl = str(Path(sys.executable).with_name("abl"))
         subprocess.run([abl, "run", "-j", "1", str(exp), "--no-report"], check=True)
-        db = HERE / "results-v2.db"
+        db = HERE / f"results-v{KEY_VERSION}.db"
         shutil.copy(Path(tmp) / "out" / "results.db", db)
     # No machine's paths or names in the repository: what they held is not what is keyed.
     con = sqlite3.connect(db)
