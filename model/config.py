@@ -100,6 +100,10 @@ class LossConfig:
     # the squared off-diagonal covariances. 0 = off.
     var_weight: float = 0.0
     cov_weight: float = 0.0
+    # A clip-level term (EAT's utterance loss): a small head on the context encoder's mean
+    # token regresses the mean token of the target encoder over the whole input, layer-normed,
+    # so the pooled embedding the probes read is trained directly. 0 = off.
+    global_weight: float = 0.0
 
 
 @dataclass(frozen=True)

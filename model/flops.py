@@ -68,20 +68,31 @@ def train_step_flops(recipe: RecipeConfig) -> StepFlops:
     # The patch embedding runs over every patch, the blocks over the kept tokens only. Its
     # backward needs the weight gradient alone (the spectrogram takes none): 2x, not 3x.
 
-    target_tokens = n_all if recipe.target.branch == "full-input" else n_tgt
+    full = recipe.target.branch == "full-input"
+    latent = recipe.target.source == "latent"  # input targets are the patches themselves
+    out = enc.width if latent else pf * pt
     predictor = (
         2 * n_ctx * enc.width * pred.width  # into the predictor's width
         + transformer_flops(n_ctx + n_tgt, pred.width, pred.depth, pred.mlp_ratio)
-        + 2 * n_tgt * pred.width * enc.width  # back to the encoder's width, targets only
+        + 2 * n_tgt * pred.width * out  # out of it, at the targets only
     )
     b = recipe.train.batch_size
     m = recipe.mask.per_crop  # masks per crop: the context and predictor run once per mask,
     # the full-input target encoder once per crop, the targets-only one once per mask
-    tm = 1 if recipe.target.branch == "full-input" else m
+    target = 0.0
+    if latent:
+        tm = 1 if full else m
+        target = b * tm * (blocks(n_all if full else n_tgt) + n_all * patch)
+    if recipe.loss.global_weight:
+        # The clip-level term: the target encoder over the whole crop once (shared with a
+        # full-input latent target), and the head's two layers (width -> 2 width -> width).
+        if not (full and latent):
+            target += b * (blocks(n_all) + n_all * patch)
+        predictor += 8 * enc.width * enc.width
     return StepFlops(
         context=b * m * (3 * blocks(n_ctx) + 2 * n_all * patch),
         predictor=3 * b * m * predictor,
-        target=b * tm * (blocks(target_tokens) + n_all * patch),
+        target=target,
         context_tokens=n_ctx,
         target_tokens=n_tgt,
     )

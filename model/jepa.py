@@ -136,6 +136,10 @@ class JEPA(nn.Module):
         pf, pt = recipe.encoder.patch
         out = pf * pt if recipe.target.source == "input" else None
         self.predictor = Predictor(recipe.predictor, recipe.encoder.width, self.encoder.grid, out)
+        if recipe.loss.global_weight:
+            d = recipe.encoder.width
+            self.global_head = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+            self.global_head.apply(init_weights)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -147,6 +151,7 @@ class JEPA(nn.Module):
         tc, lc = self.recipe.target, self.recipe.loss
         per_crop = masks.context.shape[0] // x.shape[0]
         xs = x.repeat_interleave(per_crop, 0) if per_crop > 1 else x  # (B*M, 1, M, T)
+        full = None
         with torch.no_grad():
             if tc.source == "input":
                 # A masked autoencoder's target: the log-mel patches at the target positions.
@@ -172,6 +177,15 @@ class JEPA(nn.Module):
         if lc.var_weight or lc.cov_weight:
             var, cov = variance_covariance(ctx.mean(1))
             loss = loss + lc.var_weight * var + lc.cov_weight * cov
+        if lc.global_weight:
+            with torch.no_grad():
+                if full is None:  # the whole input, once per crop
+                    full = self.target_encoder(x, top_k=tc.top_k).float()
+                    if per_crop > 1:
+                        full = full.repeat_interleave(per_crop, 0)
+                g = F.layer_norm(full.mean(1), full.shape[-1:])
+            guess = self.global_head(ctx.mean(1)).float()
+            loss = loss + lc.global_weight * F.mse_loss(F.layer_norm(guess, g.shape[-1:]), g)
         return StepOutput(loss, tgt, ctx, raw, pred_loss.detach())
 
     @torch.no_grad()

@@ -34,7 +34,10 @@ def counted_step_flops(recipe, attention: str = "sdpa") -> float:
     "changes",
     [
         {},
+        {"loss.global_weight": 0.0},
         {"target.branch": "full-input"},
+        {"target.branch": "full-input", "loss.global_weight": 0.0},
+        {"target.source": "input", "loss.global_weight": 0.0},
         {"mask.strategy": "time"},
         {"encoder.width": 384, "encoder.heads": 6},
         {"encoder.patch": (16, 8)},

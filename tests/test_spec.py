@@ -57,6 +57,14 @@ BAD = {
         lambda s: s["baseline"]["mask"].update(ratio=1.5),
         ["mask.ratio", "(0, 1)"],
     ),
+    "negative clip-level weight": (
+        lambda s: s["baseline"]["loss"].update(global_weight=-1.0),
+        ["loss.global_weight", "negative"],
+    ),
+    "unknown target source": (
+        lambda s: s["baseline"]["target"].update(source="pixels"),
+        ["target.source", "latent, input"],
+    ),
     "wrong type": (
         lambda s: s["baseline"]["train"].update(steps="many"),
         ["train.steps", "integer"],
