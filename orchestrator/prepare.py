@@ -163,6 +163,22 @@ def _layout_of(t: TaskDef) -> str:
     return FORMATS[t.format.strip().lower()].layout
 
 
+def unprepared(spec: StudySpec, data_root: Path) -> tuple[list[str], list[str]]:
+    """The tasks the study reads that are not prepared in `data_root`, and the prepared ones
+    whose source changed since. A source that cannot be read: AblError naming the task."""
+    declared = spec.baseline.data.tasks
+    names = study_tasks(spec)
+    missing = [n for n in names if not (data_root / "tasks" / n / META).is_file()]
+    changed = []
+    for name in names:
+        try:
+            if name not in missing and changed_since_prepared(name, data_root, declared):
+                changed.append(name)
+        except AblError as e:
+            raise AblError(f"{spec.source}: task {name!r} cannot be read: {e}") from None
+    return missing, changed
+
+
 def check_data(spec: StudySpec, data_root: Path) -> tuple[list[str], list[str]]:
     """The tasks the study reads that are not prepared yet, and those whose source changed
     since they were prepared, each checked (its folder, its layout, every file its metadata
@@ -175,19 +191,15 @@ def check_data(spec: StudySpec, data_root: Path) -> tuple[list[str], list[str]]:
                 f"{spec.source}: baseline.data.tasks.{t.name}.root = {t.root} does not exist; "
                 f"point it at the folder that holds {_layout_of(t)}"
             )
-    names = study_tasks(spec)
-    missing = [n for n in names if not (data_root / "tasks" / n / META).is_file()]
-    changed = []
-    for name in names:
+    missing, changed = unprepared(spec, data_root)
+    for name in missing:
         try:
-            if name in missing:
-                if not task_source(name, declared).clips():
-                    raise AblError("its source lists no audio")
-            elif changed_since_prepared(name, data_root, declared):
-                changed.append(name)
+            if not task_source(name, declared).clips():
+                raise AblError("its source lists no audio")
         except AblError as e:
-            what = "is not prepared, and cannot be" if name in missing else "cannot be read"
-            raise AblError(f"{spec.source}: task {name!r} {what}: {e}") from None
+            raise AblError(
+                f"{spec.source}: task {name!r} is not prepared, and cannot be: {e}"
+            ) from None
     if missing or changed:
         why = _writable_folder(data_root)
         if why:

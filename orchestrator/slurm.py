@@ -161,18 +161,16 @@ def _check_folder(folder: Path, key: str, spec: StudySpec) -> None:
 def check_data(spec: StudySpec) -> Path:
     """The data cache, with every task the study reads prepared: a worker must never prepare
     data (many would at once, on the shared filesystem)."""
-    from model.data.datasets import changed_since_prepared, resolve_data_root
-    from orchestrator.grid import study_tasks
+    from model.data.datasets import resolve_data_root
+    from orchestrator.prepare import unprepared
 
     root = resolve_data_root(spec.baseline.data.cache)
-    missing = [t for t in study_tasks(spec) if not (root / "tasks" / t / "task.json").is_file()]
+    missing, changed = unprepared(spec, root)
     if missing:
         raise AblError(
             f"{spec.source}: task(s) {', '.join(missing)} are not prepared in the data cache "
             f"{root}; run `abl data prepare -e {spec.source}` once on this host first"
         )
-    declared = spec.baseline.data.tasks
-    changed = [t for t in study_tasks(spec) if changed_since_prepared(t, root, declared)]
     if changed:
         raise AblError(
             f"{spec.source}: the files of task(s) {', '.join(changed)} changed since they were "

@@ -121,12 +121,10 @@ class AsteriskSpeech:
                     total = 0.0
             for batch in filter(None, batches):
                 name = f"{voice}/{len(out):04d}.wav"
-                join = functools.partial(self._join, batch)
+                readers = [f.read_bytes for f in batch]
+                join = functools.partial(_join_waves, readers, self.sample_rate, self.gap_seconds)
                 out.append(RawClip(name, voice, voice, join, split="train"))
         return out
-
-    def _join(self, files: list[Path]) -> bytes:
-        return _join_waves([f.read_bytes for f in files], self.sample_rate, self.gap_seconds)
 
 
 def _joined(
