@@ -37,7 +37,7 @@ from bench.plain_step import PlainStep
 from model.data.datasets import prepare_task, resolve_data_root
 from model.data.features import CropSampler
 from model.flops import train_step_flops, transformer_flops
-from model.jepa import JEPA
+from model.jepa import JEPA, input_views
 from model.masks import sample_masks
 from model.precision import Choice, choose, native_bf16, use_attention
 from model.train import make_optimizer, param_groups, pick_device, step_timer, train, train_step
@@ -98,7 +98,13 @@ def jepa_step_time(recipe, dev: torch.device, choice: Choice, reps: int) -> floa
     use_attention(model, choice.attention)
     opt = make_optimizer(model, recipe, dev)
     tc = recipe.train
-    x = torch.randn(tc.batch_size, 1, recipe.frontend.n_mels, recipe.frontend.frames, device=dev)
+    x = torch.randn(
+        tc.batch_size,
+        input_views(recipe),
+        recipe.frontend.n_mels,
+        recipe.frontend.frames,
+        device=dev,
+    )
     step = iter(range(10**9))
 
     def one() -> None:

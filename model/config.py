@@ -104,6 +104,15 @@ class LossConfig:
     # token regresses the mean token of the target encoder over the whole input, layer-normed,
     # so the pooled embedding the probes read is trained directly. 0 = off.
     global_weight: float = 0.0
+    # Which input that target's mean token is taken over: `same`, the whole crop the context
+    # was masked from; `other`, another crop of the same recording, drawn independently (as
+    # BYOL-A's two views of one clip), so the head predicts what a recording keeps across time
+    # (voice, instrument, place) rather than what one crop holds.
+    global_view: str = "same"  # same | other
+    # What the clip-level term pools over: `clip`, every token (one mean token a clip);
+    # `band`, the tokens of each frequency band (row of patches) apart, one mean token per band,
+    # as the probes read a clip (each band's tokens averaged over time, the bands side by side).
+    global_pool: str = "clip"  # clip | band
 
 
 @dataclass(frozen=True)

@@ -85,10 +85,12 @@ def train_step_flops(recipe: RecipeConfig) -> StepFlops:
         target = b * tm * (blocks(n_all if full else n_tgt) + n_all * patch)
     if recipe.loss.global_weight:
         # The clip-level term: the target encoder over the whole crop once (shared with a
-        # full-input latent target), and the head's two layers (width -> 2 width -> width).
-        if not (full and latent):
+        # full-input latent target; over another crop, never shared), and the head's two
+        # layers (width -> 2 width -> width).
+        if not (full and latent) or recipe.loss.global_view == "other":
             target += b * (blocks(n_all) + n_all * patch)
-        predictor += 8 * enc.width * enc.width
+        pooled = grid[0] if recipe.loss.global_pool == "band" else 1  # vectors through the head
+        predictor += 8 * enc.width * enc.width * pooled
     return StepFlops(
         context=b * m * (3 * blocks(n_ctx) + 2 * n_all * patch),
         predictor=3 * b * m * predictor,

@@ -17,6 +17,15 @@ BRANCHES = ("targets-only", "full-input")
 TARGET_NORMS = ("none", "layer", "instance", "batch", "position")
 LOSSES = ("l2", "smooth_l1", "cosine")
 TARGET_SOURCES = ("latent", "input")
+GLOBAL_VIEWS = ("same", "other")
+GLOBAL_POOLS = ("clip", "band")
+
+
+def input_views(recipe: RecipeConfig) -> int:
+    """Input channels a training step takes: 2 where the clip-level term reads another crop of
+    the same recording (channel 1), else 1."""
+    lc = recipe.loss
+    return 2 if lc.global_weight and lc.global_view == "other" else 1
 
 
 class StepOutput(NamedTuple):
@@ -146,9 +155,12 @@ class JEPA(nn.Module):
         return self.encoder.grid
 
     def forward(self, x: torch.Tensor, masks: Masks) -> StepOutput:
-        """x (B, 1, M, T); masks for B * mask.per_crop samples: the masks of crop b are rows
+        """x (B, V, M, T): channel 0 the crop, channel 1 (V = 2, see `input_views`) another crop of
+        the same recording; masks for B * mask.per_crop samples: the masks of crop b are rows
         b * per_crop .. (b + 1) * per_crop - 1."""
         tc, lc = self.recipe.target, self.recipe.loss
+        other = x[:, 1:2] if x.shape[1] > 1 else None
+        x = x[:, :1]
         per_crop = masks.context.shape[0] // x.shape[0]
         xs = x.repeat_interleave(per_crop, 0) if per_crop > 1 else x  # (B*M, 1, M, T)
         full = None
@@ -179,14 +191,40 @@ class JEPA(nn.Module):
             loss = loss + lc.var_weight * var + lc.cov_weight * cov
         if lc.global_weight:
             with torch.no_grad():
-                if full is None:  # the whole input, once per crop
-                    full = self.target_encoder(x, top_k=tc.top_k).float()
+                if other is not None:  # the other crop, whole, once per crop
+                    whole = self.target_encoder(other, top_k=tc.top_k).float()
                     if per_crop > 1:
-                        full = full.repeat_interleave(per_crop, 0)
-                g = F.layer_norm(full.mean(1), full.shape[-1:])
-            guess = self.global_head(ctx.mean(1)).float()
-            loss = loss + lc.global_weight * F.mse_loss(F.layer_norm(guess, g.shape[-1:]), g)
+                        whole = whole.repeat_interleave(per_crop, 0)
+                else:
+                    if full is None:  # the whole input, once per crop
+                        full = self.target_encoder(x, top_k=tc.top_k).float()
+                        if per_crop > 1:
+                            full = full.repeat_interleave(per_crop, 0)
+                    whole = full
+            loss = loss + lc.global_weight * self._global_loss(ctx, whole, masks)
         return StepOutput(loss, tgt, ctx, raw, pred_loss.detach())
+
+    def _global_loss(self, ctx: torch.Tensor, whole: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """The clip-level term: the head on the context tokens' mean regresses the mean of the
+        target encoder's tokens `whole` (B, N, D, no gradient), both layer-normed; with
+        `global_pool: band` one such pair per frequency band, a band none of whose tokens the
+        context saw left out."""
+        d = whole.shape[-1]
+        if self.recipe.loss.global_pool == "clip":
+            guess = self.global_head(ctx.mean(1)).float()
+            return F.mse_loss(F.layer_norm(guess, (d,)), F.layer_norm(whole.mean(1), (d,)))
+        f, t = self.grid
+        b = whole.shape[0]
+        g = F.layer_norm(whole.view(b, f, t, d).mean(2), (d,))  # (B, F, D)
+        band = (masks.context // t).unsqueeze(-1)  # (B, Nc, 1): each context token's band
+        sums = ctx.new_zeros(b, f, d).scatter_add(1, band.expand(-1, -1, d), ctx)
+        counts = torch.zeros(b, f, 1, device=ctx.device).scatter_add_(
+            1, band, torch.ones(band.shape, device=ctx.device)
+        )
+        guess = self.global_head(sums / counts.clamp_min(1).to(sums.dtype)).float()
+        err = (F.layer_norm(guess, (d,)) - g).pow(2).mean(-1, keepdim=True)  # (B, F, 1)
+        seen = (counts > 0).float()
+        return (err * seen).sum() / seen.sum().clamp_min(1)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

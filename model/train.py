@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from model.config import RecipeConfig
 from model.data.datasets import resolve_data_root
 from model.data.features import CropSampler
-from model.jepa import JEPA, StepOutput
+from model.jepa import JEPA, StepOutput, input_views
 from model.masks import Masks, sample_masks
 from model.precision import STEPS, Choice, StepTimer, choose, use_attention
 from model.schedules import lr_at, momentum_at
@@ -87,11 +87,12 @@ class Batches:
         self._q: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
         tc = recipe.train
+        views = input_views(recipe)
 
         def produce() -> None:
             try:
                 for step in range(start, tc.steps):
-                    x = sampler.batch(tc.batch_size)
+                    x = sampler.batch(tc.batch_size, views)
                     state = json.dumps(sampler.rng.bit_generator.state)
                     m = sample_masks(
                         tc.batch_size * recipe.mask.per_crop,
@@ -299,7 +300,7 @@ def step_timer(recipe: RecipeConfig, dev: torch.device) -> StepTimer:
         torch.manual_seed(0)
         model = JEPA(recipe).to(dev).train()
         b, fe = recipe.train.batch_size, recipe.frontend
-        x = torch.randn(b, 1, fe.n_mels, fe.frames)
+        x = torch.randn(b, input_views(recipe), fe.n_mels, fe.frames)
         m = sample_masks(b * recipe.mask.per_crop, model.grid, recipe.mask, 0, 0.5)
         bench.update(model=model, opt=make_optimizer(model, recipe, dev), x=x.to(dev), m=m.to(dev))
 

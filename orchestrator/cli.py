@@ -600,7 +600,7 @@ def data_prepare(
             again = not force and changed_since_prepared(name, root, custom)
             if again:
                 _say(f"{name}: its files changed since it was prepared; preparing it again")
-            t = prepare_task(name, root, force=force or again, log=_say, custom=custom)
+            t = prepare_task(name, root, force=force, log=_say, custom=custom, again=again)
             _say(f"{name}: {len(t.clips)} clips ready in {t.root}")
         if corpus and all((root / "tasks" / n / "task.json").is_file() for n in corpus):
             tasks = [load_task(n, root, custom) for n in corpus]

@@ -53,7 +53,12 @@ def semantic_config(recipe: RecipeConfig) -> dict[str, Any]:
 # the field existed. A recipe holding the neutral value hashes as if the field were absent, so
 # trials that ran before it keep their keys.
 KEY_VERSION = 3
-KEY_NEUTRAL: dict[str, Any] = {"target.source": "latent", "loss.global_weight": 0.0}
+KEY_NEUTRAL: dict[str, Any] = {
+    "target.source": "latent",
+    "loss.global_weight": 0.0,
+    "loss.global_view": "same",
+    "loss.global_pool": "clip",
+}
 
 # Data set name -> the content hash of its prepared audio.
 Contents = Mapping[str, str]

@@ -227,7 +227,7 @@ def prepare_study(spec: StudySpec, log: Log = print) -> Prepared:
         else:
             log(f"{name}: not prepared yet; preparing it (once, for every study that reads it)")
         try:
-            task = prepare_task(name, data_root, True, log, custom=declared)
+            task = prepare_task(name, data_root, log=log, custom=declared, again=True)
         except AblError as e:
             raise AblError(f"{spec.source}: task {name!r} could not be prepared: {e}") from None
         log(f"{name}: {len(task.clips)} clips ready in {task.root}")

@@ -5,12 +5,10 @@ probe it, and record everything in MLflow and the results table.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import numpy as np
 from db import queries
 from model.embed import clip_embeddings
 from model.errors import AblError, no_room
+from model.filelock import exclusive
 from model.flops import train_step_flops
 from model.probe import knn_accuracy
 from model.train import train
@@ -29,17 +28,10 @@ from orchestrator.study import Log, Study
 from orchestrator.tracking import flatten
 
 
-@contextlib.contextmanager
-def pretraining_lock(ckpt: Path) -> Iterator[None]:
+def pretraining_lock(ckpt: Path) -> contextlib.AbstractContextManager[None]:
     """Trials that share a pretraining (they differ only in the probe) train it one at a
     time: the second waits, then finds the finished checkpoint and trains no step."""
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    with open(ckpt.with_suffix(".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return exclusive(ckpt.with_suffix(".lock"))
 
 
 def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> bool:

@@ -27,7 +27,7 @@ from model.data.features import SAMPLINGS
 from model.data.sources import TASKS
 from model.embed import ENCODERS
 from model.errors import AblError
-from model.jepa import BRANCHES, LOSSES, TARGET_NORMS, TARGET_SOURCES
+from model.jepa import BRANCHES, GLOBAL_POOLS, GLOBAL_VIEWS, LOSSES, TARGET_NORMS, TARGET_SOURCES
 from model.masks import CURRICULUM, MASKERS, OVERLAP
 from model.precision import PRECISIONS
 from model.probe import PROTOCOLS
@@ -477,6 +477,14 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("target.norm", f"= {r.target.norm!r}; use one of {', '.join(TARGET_NORMS)}")
     if r.target.source not in TARGET_SOURCES:
         raise bad("target.source", f"= {r.target.source!r}; use one of {', '.join(TARGET_SOURCES)}")
+    if r.loss.global_view not in GLOBAL_VIEWS:
+        raise bad(
+            "loss.global_view", f"= {r.loss.global_view!r}; use one of {', '.join(GLOBAL_VIEWS)}"
+        )
+    if r.loss.global_pool not in GLOBAL_POOLS:
+        raise bad(
+            "loss.global_pool", f"= {r.loss.global_pool!r}; use one of {', '.join(GLOBAL_POOLS)}"
+        )
     if r.loss.kind not in LOSSES:
         raise bad("loss.kind", f"= {r.loss.kind!r}; use one of {', '.join(LOSSES)}")
     pf, pt = enc.patch

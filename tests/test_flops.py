@@ -8,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from model.flops import train_step_flops
-from model.jepa import JEPA
+from model.jepa import JEPA, input_views
 from model.masks import sample_masks
 from model.precision import use_attention
 from orchestrator.spec import load_spec, with_value
@@ -21,8 +21,9 @@ def counted_step_flops(recipe, attention: str = "sdpa") -> float:
     model = JEPA(recipe)
     use_attention(model, attention)
     fe = recipe.frontend
-    x = torch.randn(recipe.train.batch_size, 1, fe.n_mels, fe.frames)
-    masks = sample_masks(recipe.train.batch_size, model.grid, recipe.mask, seed=0)
+    x = torch.randn(recipe.train.batch_size, input_views(recipe), fe.n_mels, fe.frames)
+    b = recipe.train.batch_size * recipe.mask.per_crop
+    masks = sample_masks(b, model.grid, recipe.mask, seed=0)
     # The math attention kernel, whose matrix products torch counts (the fused CPU kernel it
     # would otherwise pick is not counted at all).
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
@@ -38,6 +39,12 @@ def counted_step_flops(recipe, attention: str = "sdpa") -> float:
         {"target.branch": "full-input"},
         {"target.branch": "full-input", "loss.global_weight": 0.0},
         {"target.source": "input", "loss.global_weight": 0.0},
+        {"loss.global_view": "other"},
+        {"loss.global_view": "other", "target.branch": "full-input"},
+        {"loss.global_pool": "band"},
+        {"mask.per_crop": 2},
+        {"mask.per_crop": 2, "target.branch": "full-input"},
+        {"mask.per_crop": 2, "loss.global_view": "other"},
         {"mask.strategy": "time"},
         {"encoder.width": 384, "encoder.heads": 6},
         {"encoder.patch": (16, 8)},

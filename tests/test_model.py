@@ -23,7 +23,7 @@ from model.config import (
 from model.data.datasets import PreparedTask
 from model.data.features import CropSampler, corpus_normalizer, load_features
 from model.jepa import JEPA
-from model.masks import sample_masks
+from model.masks import Masks, sample_masks
 from model.train import Batches, train
 from model.vit import ViT
 from orchestrator.spec import with_value
@@ -101,6 +101,10 @@ AXES = [
     ("target.source", "latent", "input", {}),
     ("loss.global_weight", 0.0, 1.0, {}),
     ("loss.global_weight", 0.0, 1.0, {"target.branch": "full-input"}),
+    ("loss.global_view", "same", "other", {"loss.global_weight": 1.0}),
+    ("loss.global_view", "same", "other", {"loss.global_weight": 1.0, "mask.per_crop": 2}),
+    ("loss.global_pool", "clip", "band", {"loss.global_weight": 1.0}),
+    ("loss.global_pool", "clip", "band", {"loss.global_weight": 1.0, "mask.strategy": "time"}),
     ("loss.kind", "l2", "smooth_l1", {}),
     ("loss.kind", "l2", "cosine", {}),
     ("encoder.depth", 2, 3, {}),
@@ -263,6 +267,31 @@ def test_input_targets_are_the_normalised_log_mel_patches_at_the_target_position
     assert torch.equal(model(x, masks).targets, out.targets)
 
 
+def test_band_pooling_pairs_each_band_the_context_saw_with_its_target_band():
+    """loss.global_pool: band regresses one mean token per frequency band; a band of which the
+    context saw no token is left out of the term, whatever its target."""
+    r = with_value(with_value(TINY, "loss.global_weight", 1.0), "loss.global_pool", "band")
+    model = JEPA(r)
+    f, t = model.grid
+    gen = torch.Generator().manual_seed(0)
+    context = torch.tensor([[0, 2, 3], [t, t + 1, 2 * t]])  # clip 0 saw band 0; clip 1, 1 and 2
+    masks = Masks(context, context)  # the term reads the context positions only
+    ctx = torch.randn(2, 3, 32, generator=gen)
+    whole = torch.randn(2, f * t, 32, generator=gen)
+    loss = model._global_loss(ctx, whole, masks).detach()
+    assert math.isfinite(float(loss))
+
+    def with_band(clip: int, band: int) -> torch.Tensor:
+        w = whole.clone()
+        w[clip, band * t : (band + 1) * t] += torch.randn(t, 32, generator=gen)
+        return model._global_loss(ctx, w, masks).detach()
+
+    assert torch.equal(with_band(0, 1), loss)  # clip 0 saw nothing of band 1
+    assert torch.equal(with_band(1, 0), loss)
+    assert not torch.equal(with_band(0, 0), loss)
+    assert not torch.equal(with_band(1, 2), loss)
+
+
 def test_history_has_every_step_and_collapse_signals(run):
     r = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, steps=5, log_every=2))
     _, res = run(r)
@@ -323,7 +352,7 @@ def test_a_data_error_in_the_producer_reaches_the_loop(run):
     r = with_value(TINY, "train.steps", 5)
     sampler = run.sampler(r)
 
-    def broken(size: int):
+    def broken(size: int, views: int = 1):
         raise OSError("frames.f16: input/output error")
 
     sampler.batch = broken

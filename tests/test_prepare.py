@@ -4,6 +4,8 @@ data set before it writes anything (orchestrator/prepare.py)."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,12 @@ import soundfile as sf
 import yaml
 from typer.testing import CliRunner
 
+from model.config import TaskDef
+from model.data import datasets
 from model.data.byo import FORMATS
+from model.data.datasets import prepare_task, task_source
 from model.errors import AblError
+from model.filelock import exclusive
 from orchestrator.cli import app
 from orchestrator.prepare import check_data, prepare_study
 from orchestrator.spec import load_spec
@@ -193,3 +199,32 @@ def test_commands_reading_results_name_the_file_when_storage_is_unreachable(tmp_
     one_line(result, str(exp), "storage.results", "cannot be reached")
     assert "secret" not in result.output
     nothing_written(tmp_path)
+
+
+def test_preparations_of_one_task_take_turns_and_the_second_reuses_the_first(tmp_path):
+    """Two workers starting on a shared cache must not both write the task (the second's
+    rename would meet the first's folder): the second waits on the task's lock file, then
+    finds it prepared and prepares nothing."""
+    make_folder_task(tmp_path / "mine")
+    custom = (TaskDef("mine", "folder", str(tmp_path / "mine")),)
+    cache = tmp_path / "cache"
+    lines: list[str] = []
+    got: list = []
+
+    def second() -> None:
+        got.append(prepare_task("mine", cache, log=lines.append, custom=custom, again=True))
+
+    with exclusive(cache / "tasks" / ".mine.lock"):  # the first worker, mid-preparation
+        worker = threading.Thread(target=second)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not any("another process is preparing it" in line for line in lines):
+            assert worker.is_alive() and time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        assert not (cache / "tasks" / "mine").exists()  # it waits: nothing written
+        first = datasets._prepare("mine", task_source("mine", custom), cache, print, custom)
+    worker.join(60)
+    assert not worker.is_alive()
+    assert got[0].meta == first.meta  # the first's preparation, read back
+    assert not [line for line in lines if "preparing 0/" in line]
+    assert [p.name for p in (cache / "tasks").iterdir() if "partial" in p.name] == []

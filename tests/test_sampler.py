@@ -76,3 +76,19 @@ def test_crops_are_reproducible_and_unknown_sampling_is_refused():
     assert np.array_equal(a.numpy(), b.numpy())
     with pytest.raises(ValueError, match="sampling"):
         CropSampler([fs], CROP, Normalizer(0.0, 1.0), seed=0, sampling="uniform")
+
+
+def test_views_are_crops_of_one_clip_cut_at_independent_starts():
+    fs = feature_set([5000, 3000, 4000])
+    # Channel 0 holds 10000 * clip + the frame's position, so a crop says where it was cut.
+    frames = fs.frames.astype(np.float64)
+    for i, (lo, hi) in enumerate(zip(fs.offsets[:-1], fs.offsets[1:], strict=True)):
+        frames[lo:hi, 0] = 10_000 * (i + 1) + np.arange(hi - lo)
+    fs = FeatureSet(frames, fs.offsets, fs.labels, fs.files, fs.key, fs.folder)
+    x = CropSampler([fs], CROP, Normalizer(0.0, 1.0), seed=0).batch(500, views=2).numpy()
+    assert x.shape == (500, 2, 4, CROP)
+    first = x[:, :, 0, 0].round().astype(int)  # (crop, view)
+    assert np.array_equal(first[:, 0] // 10_000, first[:, 1] // 10_000)  # one clip
+    starts = first % 10_000
+    assert (starts[:, 0] != starts[:, 1]).mean() > 0.95  # cut apart, not copied
+    assert set(first[:, 0] // 10_000) == {1, 2, 3}

@@ -61,6 +61,14 @@ BAD = {
         lambda s: s["baseline"]["loss"].update(global_weight=-1.0),
         ["loss.global_weight", "negative"],
     ),
+    "unknown clip-level view": (
+        lambda s: s["baseline"]["loss"].update(global_view="next"),
+        ["loss.global_view", "same, other"],
+    ),
+    "unknown clip-level pooling": (
+        lambda s: s["baseline"]["loss"].update(global_pool="row"),
+        ["loss.global_pool", "clip, band"],
+    ),
     "unknown target source": (
         lambda s: s["baseline"]["target"].update(source="pixels"),
         ["target.source", "latent, input"],

@@ -28,6 +28,7 @@ from model.data.byo import byo_source
 from model.data.sources import TASKS, RawClip, TaskSource, package_version, prepared_file
 from model.data.splits import assign_splits
 from model.errors import AblError
+from model.filelock import exclusive
 
 PREPARED_RATE = 16000
 MANIFEST = "manifest.csv"
@@ -124,12 +125,37 @@ def prepare_task(
     force: bool = False,
     log: Callable[[str], None] = print,
     custom: tuple[TaskDef, ...] = (),
+    again: bool = False,
 ) -> PreparedTask:
-    """Decode, split and store one task; a second call returns the prepared task at once."""
+    """Decode, split and store one task; a second call returns the prepared task at once.
+
+    `force` prepares it anew whatever is there; `again`, only if its source changed since it
+    was prepared. Preparations of one task take turns across processes sharing the cache (a
+    lock file beside it): the one that waited finds the task prepared, and prepares it only if
+    it still has to."""
     source = task_source(name, custom)
     final = data_root / "tasks" / name
-    if (final / META).is_file() and not force:
+    if (final / META).is_file() and not force and not again:
         return load_task(name, data_root, custom)
+
+    def waiting() -> None:
+        log(f"{name}: another process is preparing it; waiting for it to finish")
+
+    with exclusive(data_root / "tasks" / f".{name}.lock", waiting):
+        if (final / META).is_file() and not force:
+            if not (again and changed_since_prepared(name, data_root, custom)):
+                return load_task(name, data_root, custom)
+        return _prepare(name, source, data_root, log, custom)
+
+
+def _prepare(
+    name: str,
+    source: TaskSource,
+    data_root: Path,
+    log: Callable[[str], None],
+    custom: tuple[TaskDef, ...],
+) -> PreparedTask:
+    final = data_root / "tasks" / name
     t0 = time.perf_counter()
     raw = source.clips()
     if not raw:

@@ -184,20 +184,25 @@ class CropSampler:
         """Share of the input frames drawn so far that were padding."""
         return self.frames_padded / max(1, self.frames_drawn)
 
-    def batch(self, size: int) -> torch.Tensor:
-        """(B, 1, n_mels, frames) float32."""
+    def batch(self, size: int, views: int = 1) -> torch.Tensor:
+        """(B, views, n_mels, frames) float32: each row's views are crops of one clip, their
+        starts drawn independently (views > 1 give a clip-level term another crop of the same
+        recording). One view draws exactly the crops it drew before views existed."""
         picks = np.searchsorted(self.cum, self.rng.random(size), side="right")
         n_mels = self.sets[0].frames.shape[1]
-        out = np.zeros((size, 1, n_mels, self.frames), np.float32)
+        out = np.zeros((size, views, n_mels, self.frames), np.float32)
         for b, p in enumerate(picks):
             si, ci = self.index[p]
             s = self.sets[si]
             lo, hi = int(s.offsets[ci]), int(s.offsets[ci + 1])
             n = hi - lo
-            start = lo + (int(self.rng.integers(0, n - self.frames + 1)) if n > self.frames else 0)
             length = min(n, self.frames)
-            crop = np.asarray(s.frames[start : start + length], np.float32).T
-            out[b, 0, :, :length] = self.norm(crop)
-            self.frames_padded += self.frames - length
-        self.frames_drawn += size * self.frames
+            for v in range(views):
+                start = lo + (
+                    int(self.rng.integers(0, n - self.frames + 1)) if n > self.frames else 0
+                )
+                crop = np.asarray(s.frames[start : start + length], np.float32).T
+                out[b, v, :, :length] = self.norm(crop)
+            self.frames_padded += views * (self.frames - length)
+        self.frames_drawn += size * views * self.frames
         return torch.from_numpy(out)
