@@ -190,17 +190,13 @@ class JEPA(nn.Module):
             var, cov = variance_covariance(ctx.mean(1))
             loss = loss + lc.var_weight * var + lc.cov_weight * cov
         if lc.global_weight:
-            with torch.no_grad():
-                if other is not None:  # the other crop, whole, once per crop
-                    whole = self.target_encoder(other, top_k=tc.top_k).float()
+            whole = full  # a full-input target pass over this crop serves the term too
+            if other is not None or whole is None:
+                with torch.no_grad():  # the whole crop (or the other one), once per crop
+                    whole = self.target_encoder(x if other is None else other, top_k=tc.top_k)
+                    whole = whole.float()
                     if per_crop > 1:
                         whole = whole.repeat_interleave(per_crop, 0)
-                else:
-                    if full is None:  # the whole input, once per crop
-                        full = self.target_encoder(x, top_k=tc.top_k).float()
-                        if per_crop > 1:
-                            full = full.repeat_interleave(per_crop, 0)
-                    whole = full
             loss = loss + lc.global_weight * self._global_loss(ctx, whole, masks)
         return StepOutput(loss, tgt, ctx, raw, pred_loss.detach())
 
@@ -218,9 +214,8 @@ class JEPA(nn.Module):
         g = F.layer_norm(whole.view(b, f, t, d).mean(2), (d,))  # (B, F, D)
         band = (masks.context // t).unsqueeze(-1)  # (B, Nc, 1): each context token's band
         sums = ctx.new_zeros(b, f, d).scatter_add(1, band.expand(-1, -1, d), ctx)
-        counts = torch.zeros(b, f, 1, device=ctx.device).scatter_add_(
-            1, band, torch.ones(band.shape, device=ctx.device)
-        )
+        ones = torch.ones_like(band, dtype=torch.float32)
+        counts = torch.zeros(b, f, 1, device=ctx.device).scatter_add_(1, band, ones)
         guess = self.global_head(sums / counts.clamp_min(1).to(sums.dtype)).float()
         err = (F.layer_norm(guess, (d,)) - g).pow(2).mean(-1, keepdim=True)  # (B, F, 1)
         seen = (counts > 0).float()
