@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from bench.common import Figure, default_out, keep
+from model.config import train_frames
 from model.data.datasets import prepare_task, resolve_data_root
 from model.data.features import CropSampler
 from model.train import train
@@ -40,7 +41,7 @@ def main() -> None:
     bank = DataBank(root)
     norm = bank.normalizer(recipe)
     short = with_value(recipe, "train.steps", args.steps)
-    sampler = CropSampler(bank.corpus(recipe), recipe.frontend.frames, norm, seed=0)
+    sampler = CropSampler(bank.corpus(recipe), train_frames(recipe), norm, seed=0)
     model, res = train(short, sampler, seed=0)
     per_step = res.wall_s / res.steps
     budget_s = per_step * recipe.train.steps

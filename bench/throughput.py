@@ -34,10 +34,11 @@ import torch
 
 from bench.common import Figure, default_out, keep
 from bench.plain_step import PlainStep
+from model.config import train_frames
 from model.data.datasets import prepare_task, resolve_data_root
 from model.data.features import CropSampler
 from model.flops import train_step_flops, transformer_flops
-from model.jepa import JEPA, input_views
+from model.jepa import JEPA, input_channels
 from model.masks import sample_masks
 from model.precision import Choice, choose, native_bf16, use_attention
 from model.train import make_optimizer, param_groups, pick_device, step_timer, train, train_step
@@ -100,16 +101,18 @@ def jepa_step_time(recipe, dev: torch.device, choice: Choice, reps: int) -> floa
     tc = recipe.train
     x = torch.randn(
         tc.batch_size,
-        input_views(recipe),
+        input_channels(recipe),
         recipe.frontend.n_mels,
-        recipe.frontend.frames,
+        train_frames(recipe),
         device=dev,
     )
     step = iter(range(10**9))
 
     def one() -> None:
         i = next(step)
-        masks = sample_masks(tc.batch_size, model.grid, recipe.mask, i, 0.5).to(dev)
+        masks = sample_masks(
+            tc.batch_size, model.grid, recipe.mask, i, 0.5, model.spare_columns
+        ).to(dev)
         train_step(model, opt, x, masks, 0.996, choice.bf16)
 
     return best_time(one, dev, reps)
@@ -250,7 +253,7 @@ def pipeline(recipe, steps: int) -> dict[str, float]:  # noqa: ANN001
         prepare_task(task, root, log=lambda _m: None)
     bank = DataBank(root)
     t = time.perf_counter()
-    sampler = CropSampler(bank.corpus(recipe), recipe.frontend.frames, bank.normalizer(recipe), 0)
+    sampler = CropSampler(bank.corpus(recipe), train_frames(recipe), bank.normalizer(recipe), 0)
     open_s = time.perf_counter() - t
     r = with_value(with_value(recipe, "train.steps", steps), "train.warmup_steps", 5)
     _, res = train(r, sampler, seed=0)

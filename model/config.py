@@ -43,6 +43,10 @@ class DataConfig:
     corpus: tuple[str, ...] = ("corpus-0ad", "corpus-wesnoth", "corpus-speech")
     sampling: str = "time"  # which clip a crop comes from: time | clip | source (features.py)
     max_clips_per_class: int | None = None  # a small slice for quick runs and tests
+    # The context encoder hears each crop mixed with another crop of the batch, the other's
+    # share of the power uniform in [0, mix) (BYOL-A's log-mixup-exp); the target encoder
+    # hears it clean, so the prediction is also a denoising. 0 = off.
+    mix: float = 0.0
     tasks: tuple[TaskDef, ...] = ()  # bring-your-own data sets, usable as probe or corpus tasks
 
 
@@ -113,6 +117,11 @@ class LossConfig:
     # `band`, the tokens of each frequency band (row of patches) apart, one mean token per band,
     # as the probes read a clip (each band's tokens averaged over time, the bands side by side).
     global_pool: str = "clip"  # clip | band
+    # How the head's guess meets its target: `l2`, regressed (both layer-normed); `nce`, picked
+    # out of the batch's targets by cosine similarity (InfoNCE at `global_temperature`), so
+    # every clip's embedding must differ from the others' (global_pool: clip only).
+    global_loss: str = "l2"  # l2 | nce
+    global_temperature: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,10 @@ class TrainConfig:
     log_every: int = 10  # steps between collapse measurements (loss etc. are kept every step)
     eval_every: int = 0  # steps between intermediate evaluations handed to the caller; 0: none
     checkpoint_every: int = 250  # steps between checkpoints when a checkpoint path is given
+    # Frames of the crops pretraining draws; 0: frontend.frames. A shorter crop is placed at a
+    # random time offset of the encoder's position grid (every position is trained), so the
+    # encoder trains on short inputs, cheaper per crop, and is probed on frontend.frames.
+    crop_frames: int = 0
 
 
 @dataclass(frozen=True)
@@ -210,3 +223,8 @@ def recipe_from_dict(data: dict) -> RecipeConfig:
     if isinstance(data.get("train"), dict) and "bf16" in data["train"]:
         data = {**data, "train": _migrate_bf16(data["train"])}
     return _build(RecipeConfig, data)
+
+
+def train_frames(recipe: RecipeConfig) -> int:
+    """Frames of a pretraining crop: `train.crop_frames`, or the input length when 0."""
+    return recipe.train.crop_frames or recipe.frontend.frames

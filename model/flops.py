@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.config import RecipeConfig
+from model.config import RecipeConfig, train_frames
 from model.masks import sample_masks
 
 _DRAWS = 16  # fixed mask draws averaged for the token counts
@@ -57,7 +57,7 @@ def train_step_flops(recipe: RecipeConfig) -> StepFlops:
     """FLOPs of one optimiser step of `recipe` (batch included)."""
     fe, enc, pred = recipe.frontend, recipe.encoder, recipe.predictor
     pf, pt = enc.patch
-    grid = (fe.n_mels // pf, fe.frames // pt)
+    grid = (fe.n_mels // pf, train_frames(recipe) // pt)  # a training crop's
     n_all = grid[0] * grid[1]
     n_ctx, n_tgt = token_counts(recipe, grid)
     patch = 2 * pf * pt * enc.width  # per token

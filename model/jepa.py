@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import LossConfig, PredictorConfig, RecipeConfig, TargetConfig
+from model.config import LossConfig, PredictorConfig, RecipeConfig, TargetConfig, train_frames
 from model.masks import Masks, apply_masks
 from model.vit import Block, ViT, init_weights, sincos_2d
 
@@ -19,13 +19,20 @@ LOSSES = ("l2", "smooth_l1", "cosine")
 TARGET_SOURCES = ("latent", "input")
 GLOBAL_VIEWS = ("same", "other")
 GLOBAL_POOLS = ("clip", "band")
+GLOBAL_LOSSES = ("l2", "nce")
 
 
 def input_views(recipe: RecipeConfig) -> int:
-    """Input channels a training step takes: 2 where the clip-level term reads another crop of
-    the same recording (channel 1), else 1."""
+    """Crops of one recording a training step takes per row: 2 where the clip-level term reads
+    another crop of the same recording (channel 1), else 1. With `data.mix` the sampler adds
+    one more channel after them, the context encoder's (mixed) input."""
     lc = recipe.loss
     return 2 if lc.global_weight and lc.global_view == "other" else 1
+
+
+def input_channels(recipe: RecipeConfig) -> int:
+    """Channels of the tensor a training step takes: the views, plus the mixed input."""
+    return input_views(recipe) + (1 if recipe.data.mix else 0)
 
 
 class StepOutput(NamedTuple):
@@ -131,6 +138,15 @@ def jepa_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torc
     raise ValueError(f"unknown loss {cfg.kind!r}")
 
 
+def _nce(guess: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE over the batch: each guess (B, D) must pick its own target (B, D, no gradient)
+    among the batch's, by cosine similarity over `temperature` (MoCo v3 with an EMA key)."""
+    g = F.normalize(guess, dim=-1)
+    t = F.normalize(target - target.mean(0), dim=-1)  # the shared direction says nothing
+    logits = g @ t.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(g), device=g.device))
+
+
 class JEPA(nn.Module):
     def __init__(self, recipe: RecipeConfig):
         super().__init__()
@@ -139,12 +155,15 @@ class JEPA(nn.Module):
         self.recipe = recipe
         fe = recipe.frontend
         self.encoder = ViT(recipe.encoder, fe.n_mels, fe.frames)
+        # Masks, the predictor and the clip-level bands live on the crop's grid, which is the
+        # encoder's unless train.crop_frames is shorter (then at an offset of it, per crop).
+        self.crop_grid = (self.encoder.grid[0], train_frames(recipe) // recipe.encoder.patch[1])
         self.target_encoder = copy.deepcopy(self.encoder)
         for p in self.target_encoder.parameters():
             p.requires_grad_(False)
         pf, pt = recipe.encoder.patch
         out = pf * pt if recipe.target.source == "input" else None
-        self.predictor = Predictor(recipe.predictor, recipe.encoder.width, self.encoder.grid, out)
+        self.predictor = Predictor(recipe.predictor, recipe.encoder.width, self.crop_grid, out)
         if recipe.loss.global_weight:
             d = recipe.encoder.width
             self.global_head = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
@@ -152,37 +171,53 @@ class JEPA(nn.Module):
 
     @property
     def grid(self) -> tuple[int, int]:
-        return self.encoder.grid
+        """The token grid of a training crop (masks index it)."""
+        return self.crop_grid
+
+    @property
+    def spare_columns(self) -> int:
+        """Time columns of the encoder's grid beyond a training crop's: its offsets' range."""
+        return self.encoder.grid[1] - self.crop_grid[1]
 
     def forward(self, x: torch.Tensor, masks: Masks) -> StepOutput:
-        """x (B, V, M, T): channel 0 the crop, channel 1 (V = 2, see `input_views`) another crop of
-        the same recording; masks for B * mask.per_crop samples: the masks of crop b are rows
+        """x (B, V, M, T): channel 0 the crop, channel 1 (see `input_views`) another crop of
+        the same recording, the last with `data.mix` the crop as the context encoder hears it
+        (`input_channels`); masks for B * mask.per_crop samples: the masks of crop b are rows
         b * per_crop .. (b + 1) * per_crop - 1."""
         tc, lc = self.recipe.target, self.recipe.loss
+        heard = x[:, -1:] if self.recipe.data.mix else None  # the context encoder's input
+        if heard is not None:
+            x = x[:, :-1]
         other = x[:, 1:2] if x.shape[1] > 1 else None
         x = x[:, :1]
         per_crop = masks.context.shape[0] // x.shape[0]
         xs = x.repeat_interleave(per_crop, 0) if per_crop > 1 else x  # (B*M, 1, M, T)
+        at = masks.offset  # (B*M,) crops' offsets in the encoder's grid, or None
+        at1 = None if at is None else at[::per_crop]  # (B,) one per crop
+        if heard is not None and per_crop > 1:
+            heard = heard.repeat_interleave(per_crop, 0)
         full = None
+        tokens = self.crop_grid[0] * self.crop_grid[1]
         with torch.no_grad():
             if tc.source == "input":
                 # A masked autoencoder's target: the log-mel patches at the target positions.
                 raw = apply_masks(self.encoder.patches(xs).float(), masks.target)
-                tgt = normalise_targets(raw, tc, masks.target, self.encoder.num_tokens)
+                tgt = normalise_targets(raw, tc, masks.target, tokens)
             elif tc.branch == "full-input":
                 # I-JEPA: the target encoder sees the whole input, once per crop whatever the
                 # number of masks; targets are selected in the latent space, after
                 # normalisation over all tokens of the clip.
-                full = self.target_encoder(x, top_k=tc.top_k).float()
+                full = self.target_encoder(x, top_k=tc.top_k, offset=at1).float()
                 if per_crop > 1:
                     full = full.repeat_interleave(per_crop, 0)
                 raw = apply_masks(full, masks.target)
                 tgt = apply_masks(normalise_targets(full, tc), masks.target)
             else:
                 # Targets-only (M2D, Riou et al.): the target encoder sees the target patches.
-                raw = self.target_encoder(xs, keep=masks.target, top_k=tc.top_k).float()
-                tgt = normalise_targets(raw, tc, masks.target, self.encoder.num_tokens)
-        ctx = self.encoder(xs, keep=masks.context)  # (B*M, Nc, D)
+                raw = self.target_encoder(xs, keep=masks.target, top_k=tc.top_k, offset=at)
+                raw = raw.float()
+                tgt = normalise_targets(raw, tc, masks.target, tokens)
+        ctx = self.encoder(xs if heard is None else heard, keep=masks.context, offset=at)
         pred = self.predictor(ctx, masks)  # (B*M, Nt, D)
         pred_loss = jepa_loss(pred.float(), tgt, lc)
         loss = pred_loss
@@ -193,7 +228,8 @@ class JEPA(nn.Module):
             whole = full  # a full-input target pass over this crop serves the term too
             if other is not None or whole is None:
                 with torch.no_grad():  # the whole crop (or the other one), once per crop
-                    whole = self.target_encoder(x if other is None else other, top_k=tc.top_k)
+                    view = x if other is None else other
+                    whole = self.target_encoder(view, top_k=tc.top_k, offset=at1)
                     whole = whole.float()
                     if per_crop > 1:
                         whole = whole.repeat_interleave(per_crop, 0)
@@ -208,6 +244,8 @@ class JEPA(nn.Module):
         d = whole.shape[-1]
         if self.recipe.loss.global_pool == "clip":
             guess = self.global_head(ctx.mean(1)).float()
+            if self.recipe.loss.global_loss == "nce":
+                return _nce(guess, whole.mean(1), self.recipe.loss.global_temperature)
             return F.mse_loss(F.layer_norm(guess, (d,)), F.layer_norm(whole.mean(1), (d,)))
         f, t = self.grid
         b = whole.shape[0]

@@ -37,15 +37,20 @@ from model.config import MaskConfig
 class Masks:
     context: torch.Tensor  # (B, Nc) long, sorted token indices the context encoder sees
     target: torch.Tensor  # (B, Nt) long, sorted token indices the predictor must predict
+    # (B,) long: the first time column of each sample's crop in the encoder's position grid,
+    # for crops shorter than the input (train.crop_frames); None: every crop starts at 0
+    offset: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Masks:
         return Masks(
             self.context.to(device, non_blocking=non_blocking),
             self.target.to(device, non_blocking=non_blocking),
+            None if self.offset is None else self.offset.to(device, non_blocking=non_blocking),
         )
 
     def pin_memory(self) -> Masks:
-        return Masks(self.context.pin_memory(), self.target.pin_memory())
+        offset = None if self.offset is None else self.offset.pin_memory()
+        return Masks(self.context.pin_memory(), self.target.pin_memory(), offset)
 
 
 Grid = tuple[int, int]
@@ -163,11 +168,18 @@ def _equalise(rows: list[torch.Tensor], g: torch.Generator) -> torch.Tensor:
 
 
 def sample_masks(
-    batch: int, grid: Grid, cfg: MaskConfig, seed: int, progress: float = 0.0
+    batch: int,
+    grid: Grid,
+    cfg: MaskConfig,
+    seed: int,
+    progress: float = 0.0,
+    spare: int = 0,
 ) -> Masks:
     """Context and target indices for a batch; identical seeds give identical masks.
 
-    `progress` (step / total steps) only matters when the curriculum is on.
+    `progress` (step / total steps) only matters when the curriculum is on. With `spare` > 0
+    time columns of the encoder's grid beyond the crop's, each crop (`cfg.per_crop` samples in
+    a row) gets an offset uniform in 0..spare, drawn after the masks.
     """
     g = torch.Generator().manual_seed(seed)
     strategy = cfg.strategy
@@ -182,7 +194,12 @@ def sample_masks(
     idx = torch.arange(grid[0] * grid[1])
     context = _equalise([idx[c] for c, _ in pairs], g)
     target = _equalise([idx[t] for _, t in pairs], g)
-    return Masks(context=context, target=target)
+    offset = None
+    if spare > 0:
+        crops = max(1, batch // cfg.per_crop)
+        offset = torch.randint(0, spare + 1, (crops,), generator=g)
+        offset = offset.repeat_interleave(batch // crops)
+    return Masks(context=context, target=target, offset=offset)
 
 
 def apply_masks(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.config import RecipeConfig
+from model.config import RecipeConfig, train_frames
 from model.vit import ATTENTION_KERNELS, Attention
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -133,7 +133,7 @@ def shape_of(recipe: RecipeConfig) -> dict[str, object]:
     """The recipe settings that set a step's cost: sizes, masks (token counts), the branch."""
     fe = recipe.frontend
     return {
-        "input": [fe.n_mels, fe.frames],
+        "input": [fe.n_mels, train_frames(recipe)],
         "batch": recipe.train.batch_size,
         "encoder": dataclasses.asdict(recipe.encoder),
         "predictor": dataclasses.asdict(recipe.predictor),

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model.config import RecipeConfig
+from model.config import RecipeConfig, train_frames
 from model.data.datasets import resolve_data_root
 from model.data.features import CropSampler
-from model.jepa import JEPA, StepOutput, input_views
+from model.jepa import JEPA, StepOutput, input_channels, input_views
 from model.masks import Masks, sample_masks
 from model.precision import STEPS, Choice, StepTimer, choose, use_attention
 from model.schedules import lr_at, momentum_at
@@ -88,11 +88,13 @@ class Batches:
         self._stop = threading.Event()
         tc = recipe.train
         views = input_views(recipe)
+        pt = recipe.encoder.patch[1]
+        spare = recipe.frontend.frames // pt - train_frames(recipe) // pt  # offsets' range
 
         def produce() -> None:
             try:
                 for step in range(start, tc.steps):
-                    x = sampler.batch(tc.batch_size, views)
+                    x = sampler.batch(tc.batch_size, views, mix=recipe.data.mix)
                     state = json.dumps(sampler.rng.bit_generator.state)
                     m = sample_masks(
                         tc.batch_size * recipe.mask.per_crop,
@@ -100,6 +102,7 @@ class Batches:
                         recipe.mask,
                         seed * 1_000_003 + step,
                         step / tc.steps,
+                        spare,
                     )
                     if pin:
                         x, m = x.pin_memory(), m.pin_memory()
@@ -300,8 +303,10 @@ def step_timer(recipe: RecipeConfig, dev: torch.device) -> StepTimer:
         torch.manual_seed(0)
         model = JEPA(recipe).to(dev).train()
         b, fe = recipe.train.batch_size, recipe.frontend
-        x = torch.randn(b, input_views(recipe), fe.n_mels, fe.frames)
-        m = sample_masks(b * recipe.mask.per_crop, model.grid, recipe.mask, 0, 0.5)
+        x = torch.randn(b, input_channels(recipe), fe.n_mels, train_frames(recipe))
+        m = sample_masks(
+            b * recipe.mask.per_crop, model.grid, recipe.mask, 0, 0.5, model.spare_columns
+        )
         bench.update(model=model, opt=make_optimizer(model, recipe, dev), x=x.to(dev), m=m.to(dev))
 
     def time_step(c: Choice) -> float:

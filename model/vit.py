@@ -104,7 +104,7 @@ class ViT(nn.Module):
     def num_tokens(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+    def tokens(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
         """Patch embedding plus positions: (B, 1, M, T) -> (B, N, D), row-major over (F, T).
 
         The same product as the stride-equals-kernel convolution whose weights it holds (and
@@ -112,23 +112,43 @@ class ViT(nn.Module):
         on CPU that is faster than the convolution kernel, forward and backward.
         """
         w = self.patch.weight.view(self.patch.out_channels, -1)
-        return F.linear(self.patches(x), w, self.patch.bias) + self.pos
+        return F.linear(self.patches(x), w, self.patch.bias) + self.positions(x, offset)
+
+    def positions(self, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Positions of x's patches: the whole grid for a full-length input; for a shorter
+        crop the grid's columns from `offset` (B,) on (from 0 when None)."""
+        f, t_all = self.grid
+        t = x.shape[-1] // self.patch.kernel_size[1]
+        if t == t_all:
+            return self.pos
+        cols = torch.arange(t, device=x.device).unsqueeze(0)  # (1, t)
+        if offset is not None:
+            cols = cols + offset.unsqueeze(1)  # (B, t)
+        rows = torch.arange(f, device=x.device).view(1, f, 1) * t_all
+        idx = (rows + cols.unsqueeze(1)).reshape(cols.shape[0], f * t)  # (B or 1, F*t)
+        return self.pos[idx]
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """The log-mel patches, flattened: (B, 1, M, T) -> (B, N, pf * pt), row-major over
-        (F, T) as the tokens."""
+        (F, T) as the tokens (T: the input's time patches, the grid's or a shorter crop's)."""
         b = x.shape[0]
-        (pf, pt), (f, t) = self.patch.kernel_size, self.grid
+        (pf, pt), f = self.patch.kernel_size, self.grid[0]
+        t = x.shape[-1] // pt
         p = x[:, 0, : f * pf, : t * pt].reshape(b, f, pf, t, pt).transpose(2, 3)
         return p.reshape(b, f * t, pf * pt)
 
     def forward(
-        self, x: torch.Tensor, keep: torch.Tensor | None = None, top_k: int = 1
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        top_k: int = 1,
+        offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Tokens at `keep` (all when None) after the last block and the final norm; with
         `top_k` > 1, the average of the last k blocks' outputs, each standardised per token
-        (data2vec's target, made comparable across layers)."""
-        h = self.tokens(x)
+        (data2vec's target, made comparable across layers). A crop shorter than the grid sits
+        at the time columns from `offset` on (see `positions`)."""
+        h = self.tokens(x, offset)
         if keep is not None:
             h = apply_masks(h, keep)  # (B, K, D)
         first_kept = len(self.blocks) - top_k

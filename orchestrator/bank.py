@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.config import FrontendConfig, RecipeConfig, TaskDef
+from model.config import FrontendConfig, RecipeConfig, TaskDef, train_frames
 from model.data.datasets import Clip, PreparedTask, load_task
 from model.data.features import (
     CropSampler,
@@ -61,7 +61,7 @@ class DataBank:
         """Crops of the recipe's pretraining corpus, drawn as `data.sampling` says."""
         return CropSampler(
             self.corpus(recipe),
-            recipe.frontend.frames,
+            train_frames(recipe),
             self.normalizer(recipe),
             seed=seed,
             sampling=recipe.data.sampling,

@@ -58,6 +58,10 @@ KEY_NEUTRAL: dict[str, Any] = {
     "loss.global_weight": 0.0,
     "loss.global_view": "same",
     "loss.global_pool": "clip",
+    "data.mix": 0.0,
+    "loss.global_loss": "l2",
+    "loss.global_temperature": 0.1,
+    "train.crop_frames": 0,
 }
 
 # Data set name -> the content hash of its prepared audio.

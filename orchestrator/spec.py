@@ -27,7 +27,15 @@ from model.data.features import SAMPLINGS
 from model.data.sources import TASKS
 from model.embed import ENCODERS
 from model.errors import AblError
-from model.jepa import BRANCHES, GLOBAL_POOLS, GLOBAL_VIEWS, LOSSES, TARGET_NORMS, TARGET_SOURCES
+from model.jepa import (
+    BRANCHES,
+    GLOBAL_LOSSES,
+    GLOBAL_POOLS,
+    GLOBAL_VIEWS,
+    LOSSES,
+    TARGET_NORMS,
+    TARGET_SOURCES,
+)
 from model.masks import CURRICULUM, MASKERS, OVERLAP
 from model.precision import PRECISIONS
 from model.probe import PROTOCOLS
@@ -485,6 +493,14 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad(
             "loss.global_pool", f"= {r.loss.global_pool!r}; use one of {', '.join(GLOBAL_POOLS)}"
         )
+    if r.loss.global_loss not in GLOBAL_LOSSES:
+        raise bad(
+            "loss.global_loss", f"= {r.loss.global_loss!r}; use one of {', '.join(GLOBAL_LOSSES)}"
+        )
+    if r.loss.global_loss == "nce" and r.loss.global_pool != "clip":
+        raise bad("loss.global_loss", "= nce needs loss.global_pool: clip (one embedding a clip)")
+    if not r.loss.global_temperature > 0:
+        raise bad("loss.global_temperature", f"= {r.loss.global_temperature} must be > 0")
     if r.loss.kind not in LOSSES:
         raise bad("loss.kind", f"= {r.loss.kind!r}; use one of {', '.join(LOSSES)}")
     pf, pt = enc.patch
@@ -570,6 +586,15 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("data.max_clips_per_class", "must be at least 1 or null")
     if r.data.sampling not in SAMPLINGS:
         raise bad("data.sampling", f"= {r.data.sampling!r}; use one of {', '.join(SAMPLINGS)}")
+    crop = r.train.crop_frames
+    if crop and not (crop >= enc.patch[1] and crop % enc.patch[1] == 0 and crop <= fe.frames):
+        raise bad(
+            "train.crop_frames",
+            f"= {crop}: use 0 (the input length) or a multiple of encoder.patch's "
+            f"{enc.patch[1]} frames up to frontend.frames = {fe.frames}",
+        )
+    if not 0.0 <= r.data.mix < 1.0:
+        raise bad("data.mix", f"= {r.data.mix} must be in [0, 1): the other crop's largest share")
     if r.mask.per_crop < 1:
         raise bad("mask.per_crop", f"= {r.mask.per_crop} must be at least 1")
     if r.loss.var_weight < 0 or r.loss.cov_weight < 0:

@@ -7,6 +7,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from model.config import train_frames
 from model.flops import train_step_flops
 from model.jepa import JEPA, input_views
 from model.masks import sample_masks
@@ -21,9 +22,9 @@ def counted_step_flops(recipe, attention: str = "sdpa") -> float:
     model = JEPA(recipe)
     use_attention(model, attention)
     fe = recipe.frontend
-    x = torch.randn(recipe.train.batch_size, input_views(recipe), fe.n_mels, fe.frames)
+    x = torch.randn(recipe.train.batch_size, input_views(recipe), fe.n_mels, train_frames(recipe))
     b = recipe.train.batch_size * recipe.mask.per_crop
-    masks = sample_masks(b, model.grid, recipe.mask, seed=0)
+    masks = sample_masks(b, model.grid, recipe.mask, seed=0, spare=model.spare_columns)
     # The math attention kernel, whose matrix products torch counts (the fused CPU kernel it
     # would otherwise pick is not counted at all).
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
@@ -49,6 +50,8 @@ def counted_step_flops(recipe, attention: str = "sdpa") -> float:
         {"encoder.width": 384, "encoder.heads": 6},
         {"encoder.patch": (16, 8)},
         {"predictor.depth": 4},
+        {"train.crop_frames": 96},
+        {"train.crop_frames": 96, "target.branch": "full-input", "mask.per_crop": 2},
     ],
     ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default",
 )

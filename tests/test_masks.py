@@ -40,6 +40,18 @@ def test_unstructured_ratio():
     assert m.target.shape[1] == round(0.6 * 65)
 
 
+def test_crop_offsets_are_shared_by_a_crops_masks_and_span_the_spare_columns():
+    cfg = MaskConfig(per_crop=2)
+    assert sample_masks(8, (5, 6), cfg, seed=0).offset is None  # full-length crops
+    m = sample_masks(400, (5, 6), cfg, seed=0, spare=7)
+    assert m.offset.shape == (400,)
+    assert torch.equal(m.offset[::2], m.offset[1::2])  # one offset a crop
+    assert set(m.offset.tolist()) == set(range(8))
+    # The offsets are drawn after the masks: the masks are those of full-length crops.
+    assert torch.equal(m.target, sample_masks(400, (5, 6), cfg, seed=0).target)
+    assert torch.equal(m.to("cpu").offset, m.offset)
+
+
 def test_apply_masks_gathers_tokens():
     x = torch.arange(2 * 6 * 3).view(2, 6, 3)
     idx = torch.tensor([[0, 5], [1, 2]])

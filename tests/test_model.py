@@ -105,6 +105,12 @@ AXES = [
     ("loss.global_view", "same", "other", {"loss.global_weight": 1.0, "mask.per_crop": 2}),
     ("loss.global_pool", "clip", "band", {"loss.global_weight": 1.0}),
     ("loss.global_pool", "clip", "band", {"loss.global_weight": 1.0, "mask.strategy": "time"}),
+    ("loss.global_loss", "l2", "nce", {"loss.global_weight": 1.0}),
+    ("loss.global_temperature", 0.1, 0.5, {"loss.global_weight": 1.0, "loss.global_loss": "nce"}),
+    ("train.crop_frames", 0, 32, {}),
+    ("train.crop_frames", 0, 32, {"target.branch": "full-input", "loss.global_weight": 1.0}),
+    ("data.mix", 0.0, 0.4, {}),
+    ("data.mix", 0.0, 0.4, {"mask.per_crop": 2, "loss.global_weight": 1.0}),
     ("loss.kind", "l2", "smooth_l1", {}),
     ("loss.kind", "l2", "cosine", {}),
     ("encoder.depth", 2, 3, {}),
@@ -234,6 +240,20 @@ def test_patch_shapes_tile_the_input(patch):
     assert changed.sum(1).nonzero().flatten().tolist() == [1]
 
 
+def test_a_short_crop_is_encoded_at_its_offset_as_those_columns_of_a_full_input():
+    """train.crop_frames: a crop shorter than the input gets the positions of the grid columns
+    it is placed at, so its patch tokens are the full input's at those columns."""
+    vit = JEPA(with_value(TINY, "train.crop_frames", 32)).encoder
+    f, t = vit.grid
+    full = torch.randn(2, 1, 80, 64, generator=torch.Generator().manual_seed(0))
+    at = torch.tensor([0, 2])
+    crops = torch.stack([full[i, :, :, 16 * o : 16 * o + 32] for i, o in enumerate(at.tolist())])
+    whole = vit.tokens(full).view(2, f, t, -1)
+    expected = torch.stack([whole[i, :, o : o + 2] for i, o in enumerate(at.tolist())])
+    assert torch.allclose(vit.tokens(crops, at), expected.reshape(2, 2 * f, -1))
+    assert not torch.allclose(vit.tokens(crops), expected.reshape(2, 2 * f, -1))
+
+
 def test_predictor_returns_only_target_positions_and_targets_are_normalised():
     r = with_value(TINY, "target.norm", "layer")
     model = JEPA(r)
@@ -352,7 +372,7 @@ def test_a_data_error_in_the_producer_reaches_the_loop(run):
     r = with_value(TINY, "train.steps", 5)
     sampler = run.sampler(r)
 
-    def broken(size: int, views: int = 1):
+    def broken(size: int, views: int = 1, mix: float = 0.0):
         raise OSError("frames.f16: input/output error")
 
     sampler.batch = broken

@@ -92,3 +92,27 @@ def test_views_are_crops_of_one_clip_cut_at_independent_starts():
     starts = first % 10_000
     assert (starts[:, 0] != starts[:, 1]).mean() > 0.95  # cut apart, not copied
     assert set(first[:, 0] // 10_000) == {1, 2, 3}
+
+
+def test_mixed_channel_adds_the_next_crops_power_and_leaves_the_crop_clean():
+    fs = feature_set([5000, 3000, 4000])
+    frames = np.random.default_rng(0).normal(-3.0, 2.5, fs.frames.shape).astype(np.float16)
+    fs = FeatureSet(frames, fs.offsets, fs.labels, fs.files, fs.key, fs.folder)
+    norm = Normalizer(-3.0, 2.5)
+    clean = CropSampler([fs], CROP, norm, seed=3).batch(64).numpy()
+    x = CropSampler([fs], CROP, norm, seed=3).batch(64, mix=0.5).numpy()
+    assert x.shape == (64, 2, 4, CROP)
+    assert np.array_equal(x[:, 0], clean[:, 0])  # the target encoder's crop is untouched
+    # Back in power: the mixed channel is (1 - s) * own + s * next, for one s < 0.5 a row.
+    own, nxt, mixed = (
+        np.exp(norm.std * c + norm.mean) for c in (x[:, 0], np.roll(x[:, 0], -1, 0), x[:, 1])
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows whose crops are equal
+        s = ((mixed - own) / (nxt - own)).reshape(64, -1)
+    apart = np.abs(nxt - own) > 0.1 * np.maximum(own, nxt)  # where the share is well defined
+    s = np.where(apart.reshape(64, -1), s, np.nan)
+    share = np.nanmedian(s, axis=1)
+    assert np.nanmax(np.abs(s - share[:, None])) < 1e-3  # one share over the whole row
+    assert (share >= 0).all() and (share < 0.5).all() and share.std() > 0.05
+    with pytest.raises(AssertionError):  # not the clean crop: something was mixed in
+        np.testing.assert_allclose(x[:, 1], x[:, 0], atol=1e-3)

@@ -69,6 +69,30 @@ BAD = {
         lambda s: s["baseline"]["loss"].update(global_pool="row"),
         ["loss.global_pool", "clip, band"],
     ),
+    "unknown clip-level loss": (
+        lambda s: s["baseline"]["loss"].update(global_loss="kl"),
+        ["loss.global_loss", "l2, nce"],
+    ),
+    "contrastive clip-level term per band": (
+        lambda s: s["baseline"]["loss"].update(global_loss="nce", global_pool="band"),
+        ["loss.global_loss", "global_pool: clip"],
+    ),
+    "zero clip-level temperature": (
+        lambda s: s["baseline"]["loss"].update(global_temperature=0.0),
+        ["loss.global_temperature", "> 0"],
+    ),
+    "crop not a whole number of patches": (
+        lambda s: s["baseline"]["train"].update(crop_frames=100),
+        ["train.crop_frames", "multiple of encoder.patch"],
+    ),
+    "crop longer than the input": (
+        lambda s: s["baseline"]["train"].update(crop_frames=224),
+        ["train.crop_frames", "frontend.frames = 208"],
+    ),
+    "mixed share out of range": (
+        lambda s: s["baseline"]["data"].update(mix=1.0),
+        ["data.mix", "[0, 1)"],
+    ),
     "unknown target source": (
         lambda s: s["baseline"]["target"].update(source="pixels"),
         ["target.source", "latent, input"],

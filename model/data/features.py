@@ -184,10 +184,15 @@ class CropSampler:
         """Share of the input frames drawn so far that were padding."""
         return self.frames_padded / max(1, self.frames_drawn)
 
-    def batch(self, size: int, views: int = 1) -> torch.Tensor:
+    def batch(self, size: int, views: int = 1, mix: float = 0.0) -> torch.Tensor:
         """(B, views, n_mels, frames) float32: each row's views are crops of one clip, their
         starts drawn independently (views > 1 give a clip-level term another crop of the same
-        recording). One view draws exactly the crops it drew before views existed."""
+        recording). One view draws exactly the crops it drew before views existed.
+
+        With `mix` > 0 one more channel follows: each row's first crop mixed with the next
+        row's (the last with the first) in the power domain (log-mixup-exp, BYOL-A), the
+        other crop's share drawn uniformly in [0, mix) per row: what the context encoder
+        hears while the target encoder hears the crop clean."""
         picks = np.searchsorted(self.cum, self.rng.random(size), side="right")
         n_mels = self.sets[0].frames.shape[1]
         out = np.zeros((size, views, n_mels, self.frames), np.float32)
@@ -205,4 +210,17 @@ class CropSampler:
                 out[b, v, :, :length] = self.norm(crop)
             self.frames_padded += views * (self.frames - length)
         self.frames_drawn += size * views * self.frames
+        if mix > 0:
+            share = self.rng.uniform(0.0, mix, size).astype(np.float32)[:, None, None]
+            out = np.concatenate([out, self.mixed(out[:, 0], share)[:, None]], axis=1)
         return torch.from_numpy(out)
+
+    def mixed(self, crops: np.ndarray, share: np.ndarray) -> np.ndarray:
+        """Normalised log-mels (B, M, T), each mixed with the next row's at `share` (B, 1, 1)
+        of the power: log((1 - s) e^lm + s e^lm') in log-mel units, normalised again (the
+        normaliser is affine, so its mean cancels and only its scale enters)."""
+        k = np.float32(self.norm.std)
+        other = np.roll(crops, -1, axis=0)
+        with np.errstate(divide="ignore"):
+            a, b = np.log1p(-share), np.log(share)
+        return np.logaddexp(a + k * crops, b + k * other) / k
