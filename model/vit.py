@@ -118,7 +118,7 @@ class ViT(nn.Module):
         """Positions of x's patches: the whole grid for a full-length input; for a shorter
         crop the grid's columns from `offset` (B,) on (from 0 when None)."""
         f, t_all = self.grid
-        t = x.shape[-1] // self.patch.kernel_size[1]
+        t = min(t_all, x.shape[-1] // self.patch.kernel_size[1])
         if t == t_all:
             return self.pos
         cols = torch.arange(t, device=x.device).unsqueeze(0)  # (1, t)
@@ -132,8 +132,8 @@ class ViT(nn.Module):
         """The log-mel patches, flattened: (B, 1, M, T) -> (B, N, pf * pt), row-major over
         (F, T) as the tokens (T: the input's time patches, the grid's or a shorter crop's)."""
         b = x.shape[0]
-        (pf, pt), f = self.patch.kernel_size, self.grid[0]
-        t = x.shape[-1] // pt
+        (pf, pt), (f, t_all) = self.patch.kernel_size, self.grid
+        t = min(t_all, x.shape[-1] // pt)  # frames past the grid are left out, as before
         p = x[:, 0, : f * pf, : t * pt].reshape(b, f, pf, t, pt).transpose(2, 3)
         return p.reshape(b, f * t, pf * pt)
 
