@@ -69,7 +69,8 @@ class Batches:
     so the loop waits only when the producer falls behind; `wait_s` counts that time. Items
     come in step order from one producer, so a run draws exactly the batches and masks it
     would draw without the thread; each carries the sampler's RNG state after its crops, which
-    a checkpoint saves for the last batch consumed (not the ones made ahead).
+    a checkpoint saves for the last batch consumed (not the ones made ahead). `grid` and
+    `spare` are the model's crop grid and spare columns (`JEPA.grid`, `JEPA.spare_columns`).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class Batches:
         start: int,
         pin: bool = False,
         ahead: int = 2,
+        spare: int = 0,
     ):
         self.wait_s = 0.0
         self.rng_state = json.dumps(sampler.rng.bit_generator.state)
@@ -88,8 +90,6 @@ class Batches:
         self._stop = threading.Event()
         tc = recipe.train
         views = input_views(recipe)
-        pt = recipe.encoder.patch[1]
-        spare = recipe.frontend.frames // pt - train_frames(recipe) // pt  # offsets' range
 
         def produce() -> None:
             try:
@@ -404,7 +404,9 @@ def train(
     samples_before = result.steps * tc.batch_size
     t_start = time.perf_counter()
     model.train()
-    batches = Batches(sampler, recipe, model.grid, seed, result.steps, pin=cuda)
+    batches = Batches(
+        sampler, recipe, model.grid, seed, result.steps, pin=cuda, spare=model.spare_columns
+    )
     try:
         for step in range(result.steps, tc.steps):
             lr = lr_at(step, tc.steps, tc.lr, tc.warmup_steps)

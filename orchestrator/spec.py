@@ -15,6 +15,7 @@ import re
 import types
 import typing
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -443,6 +444,10 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
     def bad(key: str, msg: str) -> AblError:
         return AblError(f"{source}: {where}{key} {msg}")
 
+    def one_of(key: str, value: str, known: Collection[str]) -> None:
+        if value not in known:
+            raise bad(key, f"= {value!r}; use one of {', '.join(known)}")
+
     _check_every_setting(r, bad)
     fe, enc, pred = r.frontend, r.encoder, r.predictor
     if not fe.eps > 0:
@@ -455,8 +460,7 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("frontend.f_max", "must exceed f_min and be at most sample_rate / 2")
     if not 0 < r.mask.ratio < 1:
         raise bad("mask.ratio", f"= {r.mask.ratio} is outside (0, 1); use a value like 0.6")
-    if r.mask.strategy not in MASKERS:
-        raise bad("mask.strategy", f"= {r.mask.strategy!r}; use one of {', '.join(MASKERS)}")
+    one_of("mask.strategy", r.mask.strategy, MASKERS)
     m = r.mask
     if m.target_blocks < 1:
         raise bad("mask.target_blocks", f"= {m.target_blocks} must be at least 1")
@@ -468,41 +472,26 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         if not 0 < lo <= hi <= top:
             limit = "1" if top == 1.0 else "infinity"
             raise bad(key, f"= [{lo}, {hi}] must be a range 0 < low <= high <= {limit}")
-    if m.overlap not in OVERLAP:
-        raise bad("mask.overlap", f"= {m.overlap!r}; use one of {', '.join(OVERLAP)}")
-    if m.curriculum not in CURRICULUM:
-        raise bad("mask.curriculum", f"= {m.curriculum!r}; use one of {', '.join(CURRICULUM)}")
+    one_of("mask.overlap", m.overlap, OVERLAP)
+    one_of("mask.curriculum", m.curriculum, CURRICULUM)
     if not 0 <= m.curriculum_end <= 1:
         raise bad("mask.curriculum_end", f"= {m.curriculum_end} must be within [0, 1]")
-    if r.target.branch not in BRANCHES:
-        raise bad("target.branch", f"= {r.target.branch!r}; use one of {', '.join(BRANCHES)}")
+    one_of("target.branch", r.target.branch, BRANCHES)
     if not 1 <= r.target.top_k <= enc.depth:
         raise bad(
             "target.top_k",
             f"= {r.target.top_k} must be between 1 and encoder.depth = {enc.depth}",
         )
-    if r.target.norm not in TARGET_NORMS:
-        raise bad("target.norm", f"= {r.target.norm!r}; use one of {', '.join(TARGET_NORMS)}")
-    if r.target.source not in TARGET_SOURCES:
-        raise bad("target.source", f"= {r.target.source!r}; use one of {', '.join(TARGET_SOURCES)}")
-    if r.loss.global_view not in GLOBAL_VIEWS:
-        raise bad(
-            "loss.global_view", f"= {r.loss.global_view!r}; use one of {', '.join(GLOBAL_VIEWS)}"
-        )
-    if r.loss.global_pool not in GLOBAL_POOLS:
-        raise bad(
-            "loss.global_pool", f"= {r.loss.global_pool!r}; use one of {', '.join(GLOBAL_POOLS)}"
-        )
-    if r.loss.global_loss not in GLOBAL_LOSSES:
-        raise bad(
-            "loss.global_loss", f"= {r.loss.global_loss!r}; use one of {', '.join(GLOBAL_LOSSES)}"
-        )
+    one_of("target.norm", r.target.norm, TARGET_NORMS)
+    one_of("target.source", r.target.source, TARGET_SOURCES)
+    one_of("loss.global_view", r.loss.global_view, GLOBAL_VIEWS)
+    one_of("loss.global_pool", r.loss.global_pool, GLOBAL_POOLS)
+    one_of("loss.global_loss", r.loss.global_loss, GLOBAL_LOSSES)
     if r.loss.global_loss == "nce" and r.loss.global_pool != "clip":
         raise bad("loss.global_loss", "= nce needs loss.global_pool: clip (one embedding a clip)")
     if not r.loss.global_temperature > 0:
         raise bad("loss.global_temperature", f"= {r.loss.global_temperature} must be > 0")
-    if r.loss.kind not in LOSSES:
-        raise bad("loss.kind", f"= {r.loss.kind!r}; use one of {', '.join(LOSSES)}")
+    one_of("loss.kind", r.loss.kind, LOSSES)
     pf, pt = enc.patch
     if pf <= 0 or pt <= 0 or fe.n_mels % pf or fe.frames % pt:
         raise bad(
@@ -545,8 +534,7 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("train.warmup_steps", "must be >= 0 and train.log_every >= 1")
     if tc.weight_decay < 0:
         raise bad("train.weight_decay", f"= {tc.weight_decay} must be >= 0")
-    if tc.precision not in PRECISIONS:
-        raise bad("train.precision", f"= {tc.precision!r}; use one of {', '.join(PRECISIONS)}")
+    one_of("train.precision", tc.precision, PRECISIONS)
     if tc.eval_every < 0 or tc.checkpoint_every < 0:
         raise bad("train.eval_every", "and train.checkpoint_every must be >= 0 (0: off)")
     if not r.probe.tasks:
@@ -576,16 +564,14 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
             )
     if not r.data.corpus:
         raise bad("data.corpus", "is empty; list at least one task, e.g. [env-sfx]")
-    if r.probe.encoder not in ENCODERS:
-        raise bad("probe.encoder", f"= {r.probe.encoder!r}; use one of {', '.join(ENCODERS)}")
+    one_of("probe.encoder", r.probe.encoder, ENCODERS)
     if r.probe.knn_clips < 1 or r.probe.batch_size < 1:
         raise bad("probe.knn_clips", "and probe.batch_size must be at least 1")
     if any(c <= 0 for c in r.probe.c_grid) or not r.probe.c_grid:
         raise bad("probe.c_grid", "must list positive regularisation values")
     if r.data.max_clips_per_class is not None and r.data.max_clips_per_class < 1:
         raise bad("data.max_clips_per_class", "must be at least 1 or null")
-    if r.data.sampling not in SAMPLINGS:
-        raise bad("data.sampling", f"= {r.data.sampling!r}; use one of {', '.join(SAMPLINGS)}")
+    one_of("data.sampling", r.data.sampling, SAMPLINGS)
     crop = r.train.crop_frames
     if crop and not (crop >= enc.patch[1] and crop % enc.patch[1] == 0 and crop <= fe.frames):
         raise bad(
@@ -599,8 +585,7 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("mask.per_crop", f"= {r.mask.per_crop} must be at least 1")
     if r.loss.var_weight < 0 or r.loss.cov_weight < 0:
         raise bad("loss.var_weight", "and loss.cov_weight must be >= 0 (0: off)")
-    if r.probe.protocol not in PROTOCOLS:
-        raise bad("probe.protocol", f"= {r.probe.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    one_of("probe.protocol", r.probe.protocol, PROTOCOLS)
     if r.probe.folds < 3:
         raise bad(
             "probe.folds",
