@@ -117,12 +117,25 @@ def _sqlite_contention(engine: Engine, e: OperationalError) -> bool:
 
 
 def _reason(engine: Engine, e: OperationalError) -> str:
-    """The driver's error in one short line, the password (if any) removed."""
-    detail = " ".join(str(e.orig).split())[:200]
-    password = engine.url.password
+    return driver_reason(e, engine.url.password)
+
+
+def driver_reason(e: BaseException, password: object = None) -> str:
+    """The driver's error under a SQLAlchemy one (or the error itself) in one short line, the
+    password (if any) removed: says why a server refused, e.g. too many clients."""
+    orig = getattr(e, "orig", None) or e
+    detail = " ".join(str(orig).split())[:200]
     if password:
         detail = detail.replace(str(password), "***")
-    return f"{type(e.orig).__name__}: {detail}" if detail else type(e.orig).__name__
+    return f"{type(orig).__name__}: {detail}" if detail else type(orig).__name__
+
+
+def url_password(url: str) -> str | None:
+    """The password of a database URL, to keep it out of messages; None if it has none."""
+    try:
+        return make_url(url).password
+    except Exception:  # an unparsable URL is reported as such elsewhere
+        return None
 
 
 @contextmanager

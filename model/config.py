@@ -53,6 +53,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class EncoderConfig:
     patch: tuple[int, int] = (16, 16)  # (mel bins, frames) per patch
+    # How a patch becomes a token: one linear map (ViT), or three linear stages over 4 x 4,
+    # then 2 x 2, then 2 x 2 sub-patches with a norm and GELU between (hMLP); both see one
+    # patch alone, so a masked patch never reaches a kept token
+    stem: str = "linear"
     depth: int = 4
     width: int = 192
     heads: int = 3

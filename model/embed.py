@@ -47,7 +47,7 @@ def _encoded_chunks(
     """(clip index, its chunk's time-patch embeddings (valid, F'*D), chunk's first frame);
     chunks of every clip are batched together through the encoder, each clip's in order."""
     encoder.eval()
-    pt = encoder.patch.kernel_size[1]
+    pt = encoder.patch_size[1]
     device = next(encoder.parameters()).device
     pieces = [(i, c, v, s) for i, lm in enumerate(logmels) for c, v, s in _chunks(lm, frames, pt)]
     # Chunks with the same number of time patches holding audio are encoded together, only
@@ -75,7 +75,7 @@ def frame_embeddings(
     layers: int = 1,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per clip: (time-patch embeddings (n, F'*D), first frame of each time patch (n,))."""
-    pt = encoder.patch.kernel_size[1]
+    pt = encoder.patch_size[1]
     per_clip: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in logmels]
     for clip, emb, start in _encoded_chunks(encoder, logmels, frames, batch_size, layers):
         per_clip[clip].append((emb, start + pt * np.arange(len(emb))))

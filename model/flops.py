@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.config import RecipeConfig, train_frames
+from model.config import EncoderConfig, RecipeConfig, train_frames
 from model.masks import sample_masks
 
 _DRAWS = 16  # fixed mask draws averaged for the token counts
@@ -53,6 +53,20 @@ def token_counts(recipe: RecipeConfig, grid: tuple[int, int]) -> tuple[float, fl
     return ctx / _DRAWS, tgt / _DRAWS
 
 
+def stem_flops(enc: EncoderConfig) -> tuple[float, float]:
+    """FLOPs per token of the patch embedding: (forward, forward + backward). A backward
+    needs the weight gradient alone where the input is the spectrogram (2x the forward), and
+    also the activations' gradient after that (3x): the hMLP stem's later stages."""
+    pf, pt = enc.patch
+    if enc.stem != "hmlp":
+        f = 2 * pf * pt * enc.width
+        return f, 2 * f
+    inner = max(enc.width // 4, 1)
+    first = 2 * pf * pt * inner  # 16 sub-patches of pf * pt / 16 values each
+    later = 2 * 4 * (4 * inner) * inner + 2 * (4 * inner) * enc.width
+    return first + later, 2 * first + 3 * later
+
+
 def train_step_flops(recipe: RecipeConfig) -> StepFlops:
     """FLOPs of one optimiser step of `recipe` (batch included)."""
     fe, enc, pred = recipe.frontend, recipe.encoder, recipe.predictor
@@ -60,13 +74,12 @@ def train_step_flops(recipe: RecipeConfig) -> StepFlops:
     grid = (fe.n_mels // pf, train_frames(recipe) // pt)  # a training crop's
     n_all = grid[0] * grid[1]
     n_ctx, n_tgt = token_counts(recipe, grid)
-    patch = 2 * pf * pt * enc.width  # per token
+    patch, patch_train = stem_flops(enc)  # per token
 
     def blocks(tokens: float) -> float:
         return transformer_flops(tokens, enc.width, enc.depth, enc.mlp_ratio)
 
-    # The patch embedding runs over every patch, the blocks over the kept tokens only. Its
-    # backward needs the weight gradient alone (the spectrogram takes none): 2x, not 3x.
+    # The patch embedding runs over every patch, the blocks over the kept tokens only.
 
     full = recipe.target.branch == "full-input"
     latent = recipe.target.source == "latent"  # input targets are the patches themselves
@@ -92,7 +105,7 @@ def train_step_flops(recipe: RecipeConfig) -> StepFlops:
         pooled = grid[0] if recipe.loss.global_pool == "band" else 1  # vectors through the head
         predictor += 8 * enc.width * enc.width * pooled
     return StepFlops(
-        context=b * m * (3 * blocks(n_ctx) + 2 * n_all * patch),
+        context=b * m * (3 * blocks(n_ctx) + n_all * patch_train),
         predictor=3 * b * m * predictor,
         target=target,
         context_tokens=n_ctx,

@@ -83,6 +83,48 @@ def init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+STEMS = ("linear", "hmlp")
+
+
+class HMLPStem(nn.Module):
+    """A patch (pf x pt values) to a token in three linear stages, each followed by a layer
+    norm and GELU but the last: sub-patches of (pf/4) x (pt/4) values to width/4 channels,
+    then 2 x 2 neighbouring sub-patches merged twice (Touvron et al.'s hMLP stem). Every stage
+    reads one patch only, so masking after the stem hides a patch as completely as masking a
+    linear embedding does."""
+
+    def __init__(self, patch: tuple[int, int], width: int):
+        super().__init__()
+        pf, pt = patch
+        self.sub = (pf // 4, pt // 4)
+        inner = max(width // 4, 1)
+        self.stages = nn.ModuleList(
+            [
+                nn.Linear(self.sub[0] * self.sub[1], inner),
+                nn.Linear(4 * inner, inner),
+                nn.Linear(4 * inner, width),
+            ]
+        )
+        self.norms = nn.ModuleList([nn.LayerNorm(inner), nn.LayerNorm(inner)])
+
+    def reset_parameters(self) -> None:
+        for lin in self.stages:
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        """p (B, N, pf * pt), each patch row-major -> (B, N, width)."""
+        b, n, _ = p.shape
+        kf, kt = self.sub
+        # rows = (i2, i1, a), cols = (j2, j1, c): i2/j2 pick the quarter, i1/j1 the
+        # sub-patch in it, a/c the value in the sub-patch
+        x = p.reshape(b * n, 2, 2, kf, 2, 2, kt).permute(0, 1, 4, 2, 5, 3, 6)
+        x = x.reshape(b * n, 2, 2, 2, 2, kf * kt)  # (BN, i2, j2, i1, j1, values)
+        x = F.gelu(self.norms[0](self.stages[0](x)))
+        x = F.gelu(self.norms[1](self.stages[1](x.flatten(3))))  # (BN, i2, j2, inner)
+        return self.stages[2](x.flatten(1)).view(b, n, -1)
+
+
 class ViT(nn.Module):
     """Encoder: (B, 1, n_mels, frames) log-mel -> (B, N, D) tokens, N = F*T patches."""
 
@@ -90,15 +132,22 @@ class ViT(nn.Module):
         super().__init__()
         pf, pt = cfg.patch
         self.grid = (n_mels // pf, frames // pt)
-        self.patch = nn.Conv2d(1, cfg.width, kernel_size=cfg.patch, stride=cfg.patch)
+        self.patch_size = (pf, pt)
+        if cfg.stem == "hmlp":
+            self.stem = HMLPStem(cfg.patch, cfg.width)
+        else:
+            self.patch = nn.Conv2d(1, cfg.width, kernel_size=cfg.patch, stride=cfg.patch)
         self.register_buffer("pos", sincos_2d(cfg.width, self.grid), persistent=False)
         self.blocks = nn.ModuleList(
             Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.width)
         self.apply(init_weights)
-        w = self.patch.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if cfg.stem == "hmlp":
+            self.stem.reset_parameters()
+        else:
+            w = self.patch.weight.data
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
 
     @property
     def num_tokens(self) -> int:
@@ -109,8 +158,11 @@ class ViT(nn.Module):
 
         The same product as the stride-equals-kernel convolution whose weights it holds (and
         whose checkpoints it reads), computed as one matrix product over the unfolded patches:
-        on CPU that is faster than the convolution kernel, forward and backward.
+        on CPU that is faster than the convolution kernel, forward and backward. With the
+        hMLP stem, its stages over the same patches.
         """
+        if hasattr(self, "stem"):
+            return self.stem(self.patches(x)) + self.positions(x, offset)
         w = self.patch.weight.view(self.patch.out_channels, -1)
         return F.linear(self.patches(x), w, self.patch.bias) + self.positions(x, offset)
 
@@ -118,7 +170,7 @@ class ViT(nn.Module):
         """Positions of x's patches: the whole grid for a full-length input; for a shorter
         crop the grid's columns from `offset` (B,) on (from 0 when None)."""
         f, t_all = self.grid
-        t = min(t_all, x.shape[-1] // self.patch.kernel_size[1])
+        t = min(t_all, x.shape[-1] // self.patch_size[1])
         if t == t_all:
             return self.pos
         cols = torch.arange(t, device=x.device).unsqueeze(0)  # (1, t)
@@ -132,7 +184,7 @@ class ViT(nn.Module):
         """The log-mel patches, flattened: (B, 1, M, T) -> (B, N, pf * pt), row-major over
         (F, T) as the tokens (T: the input's time patches, the grid's or a shorter crop's)."""
         b = x.shape[0]
-        (pf, pt), (f, t_all) = self.patch.kernel_size, self.grid
+        (pf, pt), (f, t_all) = self.patch_size, self.grid
         t = min(t_all, x.shape[-1] // pt)  # frames past the grid are left out, as before
         p = x[:, 0, : f * pf, : t * pt].reshape(b, f, pf, t, pt).transpose(2, 3)
         return p.reshape(b, f * t, pf * pt)

@@ -62,6 +62,7 @@ KEY_NEUTRAL: dict[str, Any] = {
     "loss.global_loss": "l2",
     "loss.global_temperature": 0.1,
     "train.crop_frames": 0,
+    "encoder.stem": "linear",
 }
 
 # Data set name -> the content hash of its prepared audio.

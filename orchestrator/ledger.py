@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.engine import mask_url
+from db.engine import driver_reason, mask_url, url_password
 from model.errors import AblError
 from orchestrator.grid import TrialSpec
 
@@ -118,8 +118,9 @@ def open_storage(url: str) -> RDBStorage | JournalLedgerStorage:
             )
     except (SQLAlchemyError, StorageInternalError, ValueError, ImportError) as e:
         raise AblError(
-            f"Optuna storage {mask_url(url)} cannot be opened ({type(e).__name__}); check "
-            "`storage.optuna` in the experiments file and that the server is up"
+            f"Optuna storage {mask_url(url)} cannot be opened "
+            f"({driver_reason(e, url_password(url))}); check `storage.optuna` in the "
+            "experiments file and that the server is up"
         ) from None
 
 

@@ -76,7 +76,7 @@ def _reach_database(url: str, key: str, source: str) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
-    from db.engine import mask_url
+    from db.engine import driver_reason, mask_url
 
     try:
         parsed = make_url(url)
@@ -118,8 +118,9 @@ def _reach_database(url: str, key: str, source: str) -> None:
             pass
     except Exception as e:  # the drivers' errors differ; the cause is the same
         raise AblError(
-            f"{source}: storage.{key} {mask_url(url)} cannot be reached ({type(e).__name__}); "
-            f"check `storage.{key}` in the experiments file and that the server is up"
+            f"{source}: storage.{key} {mask_url(url)} cannot be reached "
+            f"({driver_reason(e, parsed.password)}); check `storage.{key}` in the experiments "
+            "file and that the server is up"
         ) from None
     finally:
         engine.dispose()

@@ -40,6 +40,7 @@ from model.jepa import (
 from model.masks import CURRICULUM, MASKERS, OVERLAP
 from model.precision import PRECISIONS
 from model.probe import PROTOCOLS
+from model.vit import STEMS
 from orchestrator.launcher import LauncherSpec, parse_launcher
 
 PRUNING = ("none", "median")
@@ -498,6 +499,13 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
             "encoder.patch",
             f"= [{pf}, {pt}] does not tile the {fe.n_mels} x {fe.frames} input; choose sizes "
             "that divide frontend.n_mels and frontend.frames",
+        )
+    one_of("encoder.stem", enc.stem, STEMS)
+    if enc.stem == "hmlp" and (pf % 4 or pt % 4):
+        raise bad(
+            "encoder.stem",
+            f"= hmlp splits a patch into 4 x 4 sub-patches; encoder.patch = [{pf}, {pt}] "
+            "needs both sizes divisible by 4 (or use stem: linear)",
         )
     tokens = (fe.n_mels // pf) * (fe.frames // pt)
     if tokens < 2:

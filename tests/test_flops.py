@@ -49,6 +49,8 @@ def counted_step_flops(recipe, attention: str = "sdpa") -> float:
         {"mask.strategy": "time"},
         {"encoder.width": 384, "encoder.heads": 6},
         {"encoder.patch": (16, 8)},
+        {"encoder.stem": "hmlp"},
+        {"encoder.stem": "hmlp", "encoder.patch": (16, 8), "target.branch": "full-input"},
         {"predictor.depth": 4},
         {"train.crop_frames": 96},
         {"train.crop_frames": 96, "target.branch": "full-input", "mask.per_crop": 2},

@@ -7,6 +7,7 @@ compares what came out, so a setting that is read but never used fails here.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 
@@ -118,6 +119,7 @@ AXES = [
     ("encoder.heads", 2, 4, {}),
     ("encoder.mlp_ratio", 4.0, 2.0, {}),
     ("encoder.patch", (16, 16), (16, 8), {}),
+    ("encoder.stem", "linear", "hmlp", {}),
     ("predictor.depth", 1, 2, {}),
     ("predictor.width", 16, 24, {}),
     ("predictor.heads", 2, 4, {}),
@@ -238,6 +240,35 @@ def test_patch_shapes_tile_the_input(patch):
     tokens = enc.patch(probe).flatten(2).transpose(1, 2)[0]
     changed = (tokens - enc.patch(torch.zeros_like(probe)).flatten(2).transpose(1, 2)[0]).abs()
     assert changed.sum(1).nonzero().flatten().tolist() == [1]
+
+
+@pytest.mark.parametrize("patch", [(16, 16), (16, 8)])
+def test_the_hmlp_stem_reads_each_patch_alone_in_square_sub_patches(patch):
+    """encoder.stem: hmlp. A token depends on its own patch only (masking after the stem hides
+    a patch completely), and its first stage reads contiguous (pf/4) x (pt/4) sub-patches."""
+    fe = FrontendConfig()
+    cfg = EncoderConfig(patch=patch, stem="hmlp", depth=1, width=32, heads=2)
+    enc = ViT(cfg, fe.n_mels, fe.frames)
+    f, t = enc.grid
+    x = torch.randn(2, 1, fe.n_mels, fe.frames, generator=torch.Generator().manual_seed(0))
+    assert enc(x).shape == (2, f * t, 32)
+    y = x.clone()
+    y[0, 0, patch[0] : 2 * patch[0], 2 * patch[1] : 3 * patch[1]] += 1.0  # row 1, column 2
+    changed = (enc.tokens(y) - enc.tokens(x)).abs().sum(-1)
+    assert changed[0].nonzero().flatten().tolist() == [t + 2]
+    assert changed[1].abs().max() == 0
+    # The first stage's inputs, in order, are the sub-patches of a 4 x 4 split whose 2 x 2
+    # quarters come first, then the sub-patches inside each quarter.
+    seen = []
+    enc.stem.stages[0].register_forward_hook(lambda _m, i, _o: seen.append(i[0]))
+    enc.tokens(x)
+    kf, kt = patch[0] // 4, patch[1] // 4
+    first = x[0, 0, : patch[0], : patch[1]]  # token 0's patch
+    subs = seen[0].reshape(2, -1, 2, 2, 2, 2, kf * kt)[0, 0]  # (i2, j2, i1, j1, values)
+    for i2, j2, i1, j1 in itertools.product(range(2), repeat=4):
+        r, c = (2 * i2 + i1) * kf, (2 * j2 + j1) * kt
+        want = first[r : r + kf, c : c + kt].reshape(-1)
+        assert torch.equal(subs[i2, j2, i1, j1], want)
 
 
 def test_a_short_crop_is_encoded_at_its_offset_as_those_columns_of_a_full_input():

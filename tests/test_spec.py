@@ -89,6 +89,14 @@ BAD = {
         lambda s: s["baseline"]["train"].update(crop_frames=224),
         ["train.crop_frames", "frontend.frames = 208"],
     ),
+    "unknown stem": (
+        lambda s: s["baseline"]["encoder"].update(stem="conv"),
+        ["encoder.stem", "linear, hmlp"],
+    ),
+    "hmlp stem on patches it cannot split": (
+        lambda s: s["baseline"]["encoder"].update(stem="hmlp", patch=[16, 2]),
+        ["encoder.stem", "divisible by 4"],
+    ),
     "mixed share out of range": (
         lambda s: s["baseline"]["data"].update(mix=1.0),
         ["data.mix", "[0, 1)"],

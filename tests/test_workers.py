@@ -153,6 +153,7 @@ def test_an_unreachable_storage_is_one_line_with_the_password_hidden(tmp_path, t
         assert res.exit_code == 2
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and "storage.optuna" in lines[0] and "***" in lines[0]
+        assert "refused" in lines[0]  # the server's own reason, not only the error's type
         assert "s3cret" not in res.output
     # No partial study: not the other stores, not even the output folder.
     assert not results.exists() and not (tmp_path / "out").exists()
