@@ -67,7 +67,8 @@ def init_db(engine: Engine) -> None:
                 continue
             raise AblError(
                 f"results database {mask_url(str(engine.url))} cannot be reached "
-                f"({_reason(engine, e)}); check `storage.results` in the experiments file"
+                f"({driver_reason(e, engine.url.password)}); check `storage.results` in the "
+                "experiments file"
             ) from None
 
 
@@ -116,11 +117,7 @@ def _sqlite_contention(engine: Engine, e: OperationalError) -> bool:
     )
 
 
-def _reason(engine: Engine, e: OperationalError) -> str:
-    return driver_reason(e, engine.url.password)
-
-
-def driver_reason(e: BaseException, password: object = None) -> str:
+def driver_reason(e: BaseException, password: str | None = None) -> str:
     """The driver's error under a SQLAlchemy one (or the error itself) in one short line, the
     password (if any) removed: says why a server refused, e.g. too many clients."""
     orig = getattr(e, "orig", None) or e

@@ -133,9 +133,10 @@ class ViT(nn.Module):
         pf, pt = cfg.patch
         self.grid = (n_mels // pf, frames // pt)
         self.patch_size = (pf, pt)
-        if cfg.stem == "hmlp":
-            self.stem = HMLPStem(cfg.patch, cfg.width)
-        else:
+        # One of the two embeddings: the linear one as a convolution's weights (its
+        # checkpoints' layout), or the hMLP stem.
+        self.stem = HMLPStem(cfg.patch, cfg.width) if cfg.stem == "hmlp" else None
+        if self.stem is None:
             self.patch = nn.Conv2d(1, cfg.width, kernel_size=cfg.patch, stride=cfg.patch)
         self.register_buffer("pos", sincos_2d(cfg.width, self.grid), persistent=False)
         self.blocks = nn.ModuleList(
@@ -143,7 +144,7 @@ class ViT(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.width)
         self.apply(init_weights)
-        if cfg.stem == "hmlp":
+        if self.stem is not None:
             self.stem.reset_parameters()
         else:
             w = self.patch.weight.data
@@ -161,7 +162,7 @@ class ViT(nn.Module):
         on CPU that is faster than the convolution kernel, forward and backward. With the
         hMLP stem, its stages over the same patches.
         """
-        if hasattr(self, "stem"):
+        if self.stem is not None:
             return self.stem(self.patches(x)) + self.positions(x, offset)
         w = self.patch.weight.view(self.patch.out_channels, -1)
         return F.linear(self.patches(x), w, self.patch.bias) + self.positions(x, offset)
