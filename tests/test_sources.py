@@ -16,6 +16,7 @@ from model.data.sources import (
     FilletsSpeakers,
     RawClip,
     SoundFontNotes,
+    SpokenWords,
     loudest_window,
 )
 from model.data.splits import assign_splits
@@ -37,6 +38,7 @@ def test_the_four_default_tasks_are_registered() -> None:
         "corpus-wesnoth",
         "corpus-speech",
         "corpus-sfx",
+        "corpus-words",
     }
     for name, source in TASKS.items():
         assert source.name == name
@@ -160,3 +162,22 @@ def test_missing_packages_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setattr(sources.shutil, "which", lambda _name: None)
     with pytest.raises(AblError, match="install the Debian package espeak-ng"):
         EspeakDigits().clips()
+    words = SpokenWords()
+    words.root = tmp_path
+    with pytest.raises(AblError, match="install the Debian package ktuberling-data"):
+        words.clips()
+
+
+def test_spoken_words_keep_each_recording_once_and_join_them_without_padding() -> None:
+    import hashlib
+
+    words = SpokenWords()
+    streams = words.streams()
+    digests = [hashlib.sha1(read()).digest() for parts in streams.values() for _, read in parts]
+    assert len(digests) == len(set(digests)) > 1000  # the Serbian scripts' copies, once
+    assert len(streams) >= 20  # one reader per language
+    clip = words.clips()[0]
+    wave = load_audio(clip.read(), words.sample_rate)
+    seconds = wave.size / words.sample_rate
+    assert words.seconds <= seconds < words.seconds + 10  # whole words up to about 30 s
+    assert 0.45 < float(np.abs(wave).max()) <= 0.5  # brought to one peak

@@ -174,23 +174,44 @@ def _join_waves(
     return wav_bytes(wave / peak * 0.5 if peak > 0 else wave, rate)
 
 
-class GameEffects:
+class JoinedEvents:
+    """Short recordings joined into long ones: each stream's files (`streams()`: stream name ->
+    its (file name, reader) pairs, in order), with 0.25 s of silence after each and each brought
+    to the same peak (short events differ in level by tens of dB), into recordings of about
+    30 s: a crop holds several whole events and no padding."""
+
+    seconds = 30.0
+    gap_seconds = 0.25
+    sample_rate = 16000
+    max_seconds = 60.0
+    unlabelled = True
+
+    def streams(self) -> dict[str, list[tuple[str, Callable[[], bytes]]]]:
+        raise NotImplementedError
+
+    def clips(self) -> list[RawClip]:
+        from model.data.sources import RawClip
+
+        out = []
+        for stream, parts in self.streams().items():
+            for name, readers in _joined(stream, parts, self.seconds, self.gap_seconds):
+                join = functools.partial(
+                    _join_waves, readers, self.sample_rate, self.gap_seconds, True
+                )
+                out.append(RawClip(name, stream, stream, join, split="train"))
+        return out
+
+
+class GameEffects(JoinedEvents):
     """Short sound events that no probe task uses: the sound effects and the voice lines (15
     voice packs, many speakers) of Hedgewars (`hedgewars-data`) and the city sounds of
-    LinCity-NG (`lincity-ng-data`), 30 min in all. Each folder's files are joined, in file
-    order with 0.25 s of silence between them and each brought to the same peak, into
-    recordings of about 30 s: a crop holds several whole events and no padding."""
+    LinCity-NG (`lincity-ng-data`), 30 min in all; one stream per folder."""
 
     name = "corpus-sfx"
     description = "game sound effects and voice lines, joined into 30 s recordings (unlabelled)"
     packages = ("hedgewars-data", "lincity-ng-data")
     hedgewars = Path("/usr/share/games/hedgewars/Data/Sounds")
     lincity = Path("/usr/share/games/lincity-ng/sounds")
-    seconds = 30.0
-    gap_seconds = 0.25
-    sample_rate = 16000
-    max_seconds = 60.0
-    unlabelled = True
 
     def streams(self) -> dict[str, list[tuple[str, Callable[[], bytes]]]]:
         def files(folder: Path) -> list[tuple[str, Callable[[], bytes]]]:
@@ -208,14 +229,35 @@ class GameEffects:
             )
         return out
 
-    def clips(self) -> list[RawClip]:
-        from model.data.sources import RawClip
 
-        out = []
-        for stream, parts in self.streams().items():
-            for name, readers in _joined(stream, parts, self.seconds, self.gap_seconds):
-                join = functools.partial(
-                    _join_waves, readers, self.sample_rate, self.gap_seconds, True
-                )
-                out.append(RawClip(name, stream, stream, join, split="train"))
+class SpokenWords(JoinedEvents):
+    """Short words in many voices: the spoken object names of KTuberling (`ktuberling-data`),
+    one reader per language, 0.5 h of mostly wideband speech (8-48 kHz files); one stream per
+    language. The words name objects and body parts, never digits."""
+
+    name = "corpus-words"
+    description = "KTuberling's spoken words in 23 languages, joined into 30 s recordings"
+    packages = ("ktuberling-data",)
+    root = Path("/usr/share/ktuberling/sounds")
+    suffixes = (".ogg", ".opus", ".wav")
+
+    def streams(self) -> dict[str, list[tuple[str, Callable[[], bytes]]]]:
+        import hashlib
+
+        folders = sorted(d for d in self.root.iterdir() if d.is_dir()) if self.root.is_dir() else []
+        out, seen = {}, set()
+        for d in folders:
+            files = []
+            for f in sorted(f for f in d.iterdir() if f.suffix in self.suffixes and f.is_file()):
+                digest = hashlib.sha1(f.read_bytes()).digest()
+                if digest not in seen:  # the Serbian scripts share one reader's files
+                    seen.add(digest)
+                    files.append((f.name, f.read_bytes))
+            if files:
+                out[d.name] = files
+        if not out:
+            raise AblError(
+                f"{self.root}: no spoken words; install the Debian package ktuberling-data "
+                "(scripts/setup.sh does)"
+            )
         return out

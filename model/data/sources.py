@@ -483,6 +483,7 @@ def _run_stdout(args: list[str]) -> bytes:
 from model.data.corpus import (  # noqa: E402  (corpus.py imports RawClip from here)
     AsteriskSpeech,
     GameEffects,
+    SpokenWords,
     WesnothMusic,
     ZeroADLongform,
 )
@@ -492,6 +493,7 @@ TASKS: dict[str, TaskSource] = {
     "corpus-wesnoth": WesnothMusic(),
     "corpus-speech": AsteriskSpeech(),
     "corpus-sfx": GameEffects(),
+    "corpus-words": SpokenWords(),
     "env-sfx": ZeroADEffects(),
     "music-family": SoundFontNotes(),
     "speech-speaker": FilletsSpeakers(),
