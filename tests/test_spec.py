@@ -32,7 +32,9 @@ def test_default_file_is_valid():
     assert spec.design == "ofat" and spec.seeds == (0, 1, 2)
     assert [a.name for a in spec.axes] == ["masking"]
     assert spec.axis("mask.strategy").values == ("unstructured", "time")
-    assert spec.baseline.probe.protocol == "cv" and spec.baseline.data.sampling == "time"
+    assert spec.baseline.probe.protocol == "cv" and spec.baseline.data.sampling == "source"
+    corpus = ("corpus-0ad", "corpus-wesnoth", "corpus-speech", "corpus-sfx", "corpus-words")
+    assert spec.baseline.data.corpus == corpus
     assert spec.baseline.encoder.patch == (16, 16)
     assert spec.output == ROOT / "abl-out"
 
