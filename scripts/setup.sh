@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the real-audio tasks come from (see README, "Data").
 # postgresql: the server binary the PostgreSQL tests start on loopback (tests/pg.py).
 # chromium: the headless browser the report tests load every page in (tests/browser.py).
-# wesnoth-1.16-music, asterisk-core-sounds-*, hedgewars-data, lincity-ng-data, ktuberling-data: unlabelled
-# pretraining audio (model/data/corpus.py).
+# wesnoth-1.16-music, asterisk-core-sounds-*, hedgewars-data, lincity-ng-data,
+# ktuberling-data: unlabelled pretraining audio (model/data/corpus.py).
 # slurm-wlm, munge: the one-node Slurm cluster the launcher tests start on loopback (tests/slurm.py).
 APT_PACKAGES=(0ad-data fluid-soundfont-gm libfluidsynth3 fillets-ng-data-cs fillets-ng-data-nl espeak-ng
   wesnoth-1.16-music asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav

@@ -10,6 +10,7 @@ the crop length would teach the JEPA to predict padding.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -232,8 +233,8 @@ class GameEffects(JoinedEvents):
 
 class SpokenWords(JoinedEvents):
     """Short words in many voices: the spoken object names of KTuberling (`ktuberling-data`),
-    one reader per language, 0.5 h of mostly wideband speech (8-48 kHz files); one stream per
-    language. The words name objects and body parts, never digits."""
+    one reader per language, 0.65 h once joined, mostly wideband (8-48 kHz files); one stream
+    per language. The words name objects and body parts, never digits."""
 
     name = "corpus-words"
     description = "KTuberling's spoken words in 23 languages, joined into 30 s recordings"
@@ -242,8 +243,6 @@ class SpokenWords(JoinedEvents):
     suffixes = (".ogg", ".opus", ".wav")
 
     def streams(self) -> dict[str, list[tuple[str, Callable[[], bytes]]]]:
-        import hashlib
-
         folders = sorted(d for d in self.root.iterdir() if d.is_dir()) if self.root.is_dir() else []
         out, seen = {}, set()
         for d in folders:
