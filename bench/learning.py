@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 
-from model.data.datasets import prepare_task, resolve_data_root
+from model.data.datasets import prepare_task, resolve_data_root, task_content
 from model.train import train
 from model.vit import ViT
 from orchestrator.bank import DataBank
@@ -37,14 +37,18 @@ def override(recipe, assignment: str):
     return with_value(recipe, path, value)
 
 
-def _ref_key(recipe, seed: int) -> str:  # noqa: ANN001
-    """What a random-init reference depends on: the encoder, the probe, the normaliser."""
+def _ref_key(recipe, seed: int, root: Path) -> str:  # noqa: ANN001
+    """What a random-init reference depends on: the encoder, the probe, the normaliser, and
+    what the tasks and the corpus hold (a task prepared again, with other groups and so other
+    folds, scores the same encoder differently)."""
     import dataclasses
     import hashlib
 
     d = dataclasses.asdict(recipe)
     part = {k: d[k] for k in ("frontend", "encoder", "probe")}
     part["corpus"], part["limit"] = d["data"]["corpus"], d["data"]["max_clips_per_class"]
+    names = sorted({*recipe.data.corpus, *recipe.probe.tasks})
+    part["content"] = {n: task_content(n, root) for n in names}
     return hashlib.sha1(json.dumps([part, seed], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -78,7 +82,7 @@ def main() -> None:
     refs = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     rows = []
     for seed in args.seeds:
-        rk = _ref_key(recipe, seed)
+        rk = _ref_key(recipe, seed, root)
         if rk not in refs:
             torch.manual_seed(seed)
             rand = ViT(recipe.encoder, recipe.frontend.n_mels, recipe.frontend.frames).eval()

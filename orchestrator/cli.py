@@ -587,6 +587,7 @@ def data_prepare(
     """Decode, split and cache the real-audio tasks (idempotent; seconds when done). A task
     whose files changed since it was prepared is prepared again."""
     from model.data.datasets import (
+        CHANGED,
         TASKS,
         changed_since_prepared,
         load_task,
@@ -599,7 +600,7 @@ def data_prepare(
         for name in task or [*sorted(TASKS), *(t.name for t in custom)]:
             again = not force and changed_since_prepared(name, root, custom)
             if again:
-                _say(f"{name}: its files changed since it was prepared; preparing it again")
+                _say(f"{name}: {CHANGED}; preparing it again")
             t = prepare_task(name, root, force=force, log=_say, custom=custom, again=again)
             _say(f"{name}: {len(t.clips)} clips ready in {t.root}")
         if corpus and all((root / "tasks" / n / "task.json").is_file() for n in corpus):

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from model.config import TaskDef
 from model.data.datasets import (
+    CHANGED,
     META,
     changed_since_prepared,
     load_task,
@@ -222,7 +223,7 @@ def prepare_study(spec: StudySpec, log: Log = print) -> Prepared:
     for name in missing + changed:
         if name in changed:
             log(
-                f"{name}: its files changed since it was prepared; preparing it again (keys "
+                f"{name}: {CHANGED}; preparing it again (keys "
                 "name data by content: what reads it is computed anew if its audio changed)"
             )
         else:

@@ -173,9 +173,9 @@ def check_data(spec: StudySpec) -> Path:
         )
     if changed:
         raise AblError(
-            f"{spec.source}: the files of task(s) {', '.join(changed)} changed since they were "
-            f"prepared in {root}; run `abl data prepare -e {spec.source}` once on this host "
-            "to prepare them again"
+            f"{spec.source}: the files of task(s) {', '.join(changed)}, or how abl prepares "
+            f"them, changed since they were prepared in {root}; run "
+            f"`abl data prepare -e {spec.source}` once on this host to prepare them again"
         )
     return root
 

@@ -8,12 +8,14 @@ cd "$(dirname "$0")/.."
 # postgresql: the server binary the PostgreSQL tests start on loopback (tests/pg.py).
 # chromium: the headless browser the report tests load every page in (tests/browser.py).
 # wesnoth-1.16-music, asterisk-core-sounds-*, hedgewars-data, lincity-ng-data,
-# ktuberling-data: unlabelled pretraining audio (model/data/corpus.py).
+# ktuberling-data, warzone2100-music, megaglest-data: unlabelled pretraining audio
+# (model/data/corpus.py).
 # slurm-wlm, munge: the one-node Slurm cluster the launcher tests start on loopback (tests/slurm.py).
 APT_PACKAGES=(0ad-data fluid-soundfont-gm libfluidsynth3 fillets-ng-data-cs fillets-ng-data-nl espeak-ng
   wesnoth-1.16-music asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav
   asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav
-  hedgewars-data lincity-ng-data ktuberling-data postgresql chromium slurm-wlm munge)
+  hedgewars-data lincity-ng-data ktuberling-data warzone2100-music megaglest-data
+  postgresql chromium slurm-wlm munge)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

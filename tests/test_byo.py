@@ -558,3 +558,29 @@ def test_experiments_file_declares_own_task_and_cli_prepares_it(tmp_path: Path) 
     exp.write_text(yaml.safe_dump(spec))
     with pytest.raises(AblError, match=r"exp.yaml: data.tasks.my-esc.format"):
         load_spec(exp)
+
+
+def test_copies_of_one_recording_share_a_group_and_so_a_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data set that ships one recording under two names (games reuse sounds: 0 A.D.'s
+    gravel steps are its rock steps) must not test one copy on a model fitted to the other."""
+    root = tmp_path / "mine"
+    freqs = {"dog": [220, 230, 240, 250], "cat": [880, 890, 900, 910]}
+    for label, fs in freqs.items():
+        for i, f in enumerate(fs):
+            tone(root / label / f"{label}-{'abcd'[i]}.wav", f)
+    tone(root / "dog" / "howl.wav", 220)  # dog-a's samples under another stem
+    tone(root / "cat" / "mew.wav", 910)  # cat-d's
+    source = FolderTask("mine", root)
+    assert len({c.group for c in source.clips()}) == 10  # by stem: ten groups
+    monkeypatch.setitem(model.data.sources.TASKS, "mine", source)
+    if model.data.datasets.TASKS is not model.data.sources.TASKS:
+        monkeypatch.setitem(model.data.datasets.TASKS, "mine", source)
+    task = model.data.datasets.prepare_task("mine", tmp_path / "cache", log=lambda _m: None)
+    group = {Path(c.file).stem: c.group for c in task.clips}
+    split = {Path(c.file).stem: c.split for c in task.clips}
+    assert group["dog_howl"] == group["dog_dog-a"] and group["cat_mew"] == group["cat_cat-d"]
+    assert split["dog_howl"] == split["dog_dog-a"] and split["cat_mew"] == split["cat_cat-d"]
+    assert len(set(group.values())) == 8
+    assert task.meta["copies_joined"] == 2

@@ -22,6 +22,7 @@ from model.config import TaskDef
 from model.data.byo import byo_source
 from model.data.datasets import (
     META,
+    PREPARATION,
     PreparedTask,
     changed_since_prepared,
     prepare_task,
@@ -154,7 +155,7 @@ def test_moving_data_reruns_nothing_and_changing_it_recomputes_what_it_feeds(
     _tone(tmp_path / "elsewhere-probed" / "low" / "low0.wav", 220.0, noise=7)
     changed = _abl("run", "-j", "1", str(exp), "--no-report")
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert "mine: its files changed since it was prepared" in changed.stdout
+    assert "mine: its files, or how abl prepares them, changed" in changed.stdout
     assert "ran 0, failed 0, already finished 2" in changed.stdout
     assert "probed" in changed.stdout and "new or changed" in changed.stdout
     assert _checkpoints(out) == ckpts
@@ -168,10 +169,26 @@ def test_moving_data_reruns_nothing_and_changing_it_recomputes_what_it_feeds(
     _tone(tmp_path / "elsewhere-pre" / "rec0.wav", 150.0, seconds=3.0, noise=9)
     corpus = _abl("run", "-j", "1", str(exp), "--no-report")
     assert corpus.returncode == 0, corpus.stdout + corpus.stderr
-    assert "pre: its files changed since it was prepared" in corpus.stdout
+    assert "pre: its files, or how abl prepares them, changed" in corpus.stdout
     assert "ran 2, failed 0, already finished 0" in corpus.stdout
     latest = _rows(out / "results.db")
     assert len(latest) == 4  # the earlier trials' rows are kept beside the new ones
     fresh = {k: v for k, v in latest.items() if k not in rows}
     assert len(fresh) == 2
     assert {p for p, _ in fresh.values()}.isdisjoint({p for p, _ in rows.values()})
+
+
+def test_a_task_prepared_the_old_way_is_prepared_again(tmp_path: Path) -> None:
+    """A cache from before copies joined their groups (no `preparation` in task.json) counts as
+    changed, though its files did not: the groups, and so the folds, may differ now."""
+    cache = tmp_path / "cache"
+    task = TaskDef("mine", "folder", str(_folder(tmp_path / "a")))
+    first = prepare_task("mine", cache, log=lambda _: None, custom=(task,))
+    assert not changed_since_prepared("mine", cache, (task,))
+    meta = json.loads((first.root / META).read_text())
+    del meta["preparation"]
+    (first.root / META).write_text(json.dumps(meta))
+    assert changed_since_prepared("mine", cache, (task,))
+    again = prepare_task("mine", cache, log=lambda _: None, custom=(task,), again=True)
+    assert again.meta["preparation"] == PREPARATION
+    assert not changed_since_prepared("mine", cache, (task,))

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from model.config import FrontendConfig, TaskDef
-from model.data.datasets import META, load_task, prepare_task
+from model.data.datasets import META, _merge_copies, load_task, prepare_task
 from model.data.features import load_features
 from model.errors import AblError
 
@@ -118,3 +118,18 @@ def test_feature_cache_is_computed_once_and_shared(tmp_path, env_sfx, data_root,
     assert other.key != first.key and other.clip(0).shape[0] == 64
     index = json.loads((scratch / "features" / f"env-sfx-{first.key}" / "index.json").read_text())
     assert index["labels"] == [c.label for c in clips]
+
+
+def test_copies_join_their_groups_transitively() -> None:
+    clips = [
+        ("b", "b1", "x"),
+        ("c", "c1", "y"),
+        ("a", "a1", "z"),
+        ("a", "a2", "x"),  # a and b share x
+        ("c", "c2", "x"),  # so does c: one group, a
+        ("d", "d1", "w"),
+        ("d", "d2", "w"),  # a copy within its own group changes nothing
+    ]
+    group_of, joined = _merge_copies(clips)
+    assert group_of == {"b1": "a", "c1": "a", "c2": "a"}
+    assert joined == 2

@@ -14,6 +14,8 @@ from model.data.sources import (
     TASKS,
     EspeakDigits,
     FilletsSpeakers,
+    GameSoundtracks,
+    MegaGlestSounds,
     RawClip,
     SoundFontNotes,
     SpokenWords,
@@ -39,6 +41,8 @@ def test_the_four_default_tasks_are_registered() -> None:
         "corpus-speech",
         "corpus-sfx",
         "corpus-words",
+        "corpus-soundtracks",
+        "corpus-megaglest",
     }
     for name, source in TASKS.items():
         assert source.name == name
@@ -166,6 +170,14 @@ def test_missing_packages_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     words.root = tmp_path
     with pytest.raises(AblError, match="install the Debian package ktuberling-data"):
         words.clips()
+    tracks = GameSoundtracks()
+    tracks.warzone = tmp_path
+    with pytest.raises(AblError, match="install the Debian package warzone2100-music"):
+        tracks.clips()
+    glest = MegaGlestSounds()
+    glest.root = tmp_path
+    with pytest.raises(AblError, match="install the Debian package megaglest-data"):
+        glest.clips()
 
 
 def test_spoken_words_keep_each_recording_once_and_join_them_without_padding() -> None:
@@ -181,3 +193,28 @@ def test_spoken_words_keep_each_recording_once_and_join_them_without_padding() -
     seconds = wave.size / words.sample_rate
     assert words.seconds <= seconds < words.seconds + 10  # whole words up to about 30 s
     assert 0.45 < float(np.abs(wave).max()) <= 0.5  # brought to one peak
+
+
+def test_megaglest_keeps_each_recording_once_and_joins_the_short_ones_per_faction() -> None:
+    import hashlib
+
+    glest = MegaGlestSounds()
+    clips = glest.clips()
+    long = [c for c in clips if c.label in ("ambience", "music")]
+    # Every tileset ships its loops again: 55 files, 23 distinct ambiences.
+    digests = [hashlib.sha1(c.read()).digest() for c in long]
+    assert len(digests) == len(set(digests)) and {c.label for c in long} == {"ambience", "music"}
+    streams = glest.streams()
+    assert {"magic", "norsemen", "persian", "common"} <= set(streams)  # factions, shared
+    short = [hashlib.sha1(read()).digest() for parts in streams.values() for _, read in parts]
+    assert len(short) == len(set(short)) > 1000
+    joined = next(c for c in clips if c.label == "magic")
+    wave = load_audio(joined.read(), glest.sample_rate)
+    assert glest.seconds <= wave.size / glest.sample_rate < glest.seconds + 15
+    assert 0.45 < float(np.abs(wave).max()) <= 0.5  # brought to one peak
+
+
+def test_soundtracks_list_both_games() -> None:
+    clips = GameSoundtracks().clips()
+    assert Counter(c.label for c in clips) == {"warzone2100": 30, "hedgewars": 26}
+    assert len({c.name for c in clips}) == len(clips)

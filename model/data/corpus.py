@@ -246,12 +246,9 @@ class SpokenWords(JoinedEvents):
         folders = sorted(d for d in self.root.iterdir() if d.is_dir()) if self.root.is_dir() else []
         out, seen = {}, set()
         for d in folders:
-            files = []
-            for f in sorted(f for f in d.iterdir() if f.suffix in self.suffixes and f.is_file()):
-                digest = hashlib.sha1(f.read_bytes()).digest()
-                if digest not in seen:  # the Serbian scripts share one reader's files
-                    seen.add(digest)
-                    files.append((f.name, f.read_bytes))
+            found = sorted(f for f in d.iterdir() if f.suffix in self.suffixes and f.is_file())
+            # the Serbian scripts share one reader's files
+            files = [(f.name, f.read_bytes) for f in _distinct(found, seen)]
             if files:
                 out[d.name] = files
         if not out:
@@ -260,3 +257,92 @@ class SpokenWords(JoinedEvents):
                 "(scripts/setup.sh does)"
             )
         return out
+
+
+def _distinct(files: list[Path], seen: set[bytes]) -> list[Path]:
+    """The files whose content is not in `seen` yet (SHA-1), in order; `seen` takes theirs.
+    Games ship one recording under several names (a loop in every tileset, one reader's words
+    under two scripts): kept once, a corpus does not weight it by its copies."""
+    out = []
+    for f in files:
+        digest = hashlib.sha1(f.read_bytes()).digest()
+        if digest not in seen:
+            seen.add(digest)
+            out.append(f)
+    return out
+
+
+class GameSoundtracks:
+    """Two more game soundtracks, in styles the other corpora lack: Warzone 2100's three
+    albums (`warzone2100-music`: electronic and ambient, 30 tracks, 4.05 h) and Hedgewars'
+    cartoon themes (`hedgewars-data`: 26 tracks, 1.56 h)."""
+
+    name = "corpus-soundtracks"
+    description = "Warzone 2100 and Hedgewars music (unlabelled pretraining audio)"
+    packages = ("warzone2100-music", "hedgewars-data")
+    warzone = Path("/usr/share/games/warzone2100/music")
+    hedgewars = Path("/usr/share/games/hedgewars/Data/Music")
+    max_seconds = 600.0
+    unlabelled = True
+
+    def clips(self) -> list[RawClip]:
+        from model.data.sources import RawClip
+
+        out = []
+        games = [("warzone2100", self.warzone, "*.opus"), ("hedgewars", self.hedgewars, "*.ogg")]
+        for (game, root, pattern), package in zip(games, self.packages, strict=True):
+            files = sorted(root.rglob(pattern)) if root.is_dir() else []
+            if not files:
+                raise AblError(
+                    f"{root}: no {game} music; install the Debian package {package} "
+                    "(scripts/setup.sh does)"
+                )
+            for f in files:
+                name = f"{game}/{f.relative_to(root)}"
+                out.append(RawClip(name, game, name, f.read_bytes, split="train"))
+        return out
+
+
+class MegaGlestSounds(JoinedEvents):
+    """Everything MegaGlest (`megaglest-data`) sounds like, each recording once: its tilesets'
+    ambience loops (forest, desert, water, night) and its factions' music as they are, and the
+    short sounds of its units (voices, weapons, magic, buildings) joined per faction into 30 s
+    recordings, 1.5 h in all."""
+
+    name = "corpus-megaglest"
+    description = "MegaGlest ambience, music and unit sounds (short ones joined to 30 s)"
+    packages = ("megaglest-data",)
+    root = Path("/usr/share/games/megaglest")
+    max_seconds = 600.0
+
+    def _files(self, suffix: str) -> list[Path]:
+        found = sorted(self.root.rglob(f"*{suffix}")) if self.root.is_dir() else []
+        if not found:
+            raise AblError(
+                f"{self.root}: no MegaGlest sounds; install the Debian package megaglest-data "
+                "(scripts/setup.sh does)"
+            )
+        return found
+
+    def streams(self) -> dict[str, list[tuple[str, Callable[[], bytes]]]]:
+        out: dict[str, list[tuple[str, Callable[[], bytes]]]] = {}
+        factions = self.root / "techs" / "megapack" / "factions"
+        for f in _distinct(self._files(".wav"), set()):
+            rel = f.relative_to(self.root)
+            if f.is_relative_to(factions):
+                stream = rel.parts[3]  # the faction
+            else:  # the tech tree's shared sounds, the menus', the tilesets' one-shots
+                stream = "common" if "commondata" in rel.parts else rel.parts[0]
+            out.setdefault(stream, []).append((str(rel), f.read_bytes))
+        return out
+
+    def clips(self) -> list[RawClip]:
+        from model.data.sources import RawClip
+
+        long = [
+            RawClip(str(rel), kind, str(rel), f.read_bytes, split="train")
+            for f in _distinct(self._files(".ogg"), set())
+            for rel in [f.relative_to(self.root)]
+            for kind in ["ambience" if rel.parts[0] == "tilesets" else "music"]
+        ]
+        return long + super().clips()

@@ -34,6 +34,10 @@ PREPARED_RATE = 16000
 MANIFEST = "manifest.csv"
 META = "task.json"  # written last: its presence marks a complete task
 MAX_SECONDS = 30.0  # longer recordings are cut; the probes never look further
+# What preparation writes from the same source files. A task prepared under another number is
+# prepared again: 2 joins the groups of clips that hold the same samples.
+PREPARATION = 2
+CHANGED = "its files, or how abl prepares them, changed since it was prepared"
 
 
 def resolve_data_root(configured: str | None = None) -> Path:
@@ -160,20 +164,10 @@ def _prepare(
     raw = source.clips()
     if not raw:
         raise AblError(f"task {name!r}: its source lists no audio; reinstall {source.packages}")
-    # A data set's own split wins; the rest are split by group, stratified per class. A class
-    # with fewer than three groups cannot reach every split by group, so its clips are split
-    # one by one (recorded in the task's metadata: near-duplicates may straddle there).
-    groups_per_class: dict[str, set[str]] = {}
-    for c in raw:
-        if c.split is None:
-            groups_per_class.setdefault(c.label, set()).add(c.group)
-    fine = sorted(lab for lab, g in groups_per_class.items() if len(g) < 3)
-    raw = [dataclasses.replace(c, group=c.name) if c.label in fine else c for c in raw]
-    split_of = assign_splits((c.label, c.group) for c in raw if c.split is None)
     work = data_root / "tasks" / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "audio").mkdir(parents=True)
-    rows: list[Clip] = []
+    decoded: list[tuple[RawClip, str, float, str]] = []  # clip, file, seconds, FLAC sha1
     pcm: dict[str, str] = {}
     skipped: Counter[str] = Counter()
     skipped_files: list[dict[str, str]] = []
@@ -191,18 +185,43 @@ def _prepare(
         wave = wave[: int(getattr(source, "max_seconds", MAX_SECONDS) * PREPARED_RATE)]
         rel = prepared_file(clip.name)
         save_flac(work / rel, wave, PREPARED_RATE)
-        digest = hashlib.sha1((work / rel).read_bytes()).hexdigest()
         pcm[rel] = _pcm_sha1(work / rel)
-        rows.append(
-            Clip(
-                rel,
-                clip.label,
-                clip.group,
-                clip.split or split_of[clip.group],
-                round(len(wave) / PREPARED_RATE, 4),
-                digest,
-            )
+        digest = hashlib.sha1((work / rel).read_bytes()).hexdigest()
+        decoded.append((clip, rel, round(len(wave) / PREPARED_RATE, 4), digest))
+    # One recording under two names (a game reusing a sound) must not sit in two folds: clips
+    # with the same samples join one group, whatever groups their source gave them.
+    group_of, merged = _merge_copies([(c.group, c.name, pcm[rel]) for c, rel, _, _ in decoded])
+    raw = [dataclasses.replace(c, group=group_of.get(c.name, c.group)) for c in raw]
+    # A data set's own split wins; the rest are split by group, stratified per class. A class
+    # with fewer than three groups cannot reach every split by group, so its clips are split
+    # one by one (recorded in the task's metadata: near-duplicates may straddle there; exact
+    # copies still share a group).
+    groups_per_class: dict[str, set[str]] = {}
+    for c in raw:
+        if c.split is None:
+            groups_per_class.setdefault(c.label, set()).add(c.group)
+    fine = sorted(lab for lab, g in groups_per_class.items() if len(g) < 3)
+    first_copy = {}
+    for c, rel, _, _ in decoded:
+        first_copy.setdefault(pcm[rel], c.name)
+    copy_of = {c.name: first_copy[pcm[rel]] for c, rel, _, _ in decoded}
+    raw = [
+        dataclasses.replace(c, group=copy_of.get(c.name, c.name)) if c.label in fine else c
+        for c in raw
+    ]
+    split_of = assign_splits((c.label, c.group) for c in raw if c.split is None)
+    final_of = {c.name: c for c in raw}
+    rows = [
+        Clip(
+            rel,
+            c.label,
+            final_of[c.name].group,
+            c.split or split_of[final_of[c.name].group],
+            seconds,
+            digest,
         )
+        for c, rel, seconds, digest in decoded
+    ]
     with open(work / MANIFEST, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "label", "group", "split", "duration", "sha1"])
@@ -216,10 +235,12 @@ def _prepare(
         "clips": len(rows),
         "skipped": dict(skipped),
         "split_by_clip": fine,
+        "copies_joined": merged,
         "skipped_files": skipped_files,
         "manifest_sha1": hashlib.sha1((work / MANIFEST).read_bytes()).hexdigest(),
         "content": _content(rows, pcm),
         "source_stamp": source_stamp(source),
+        "preparation": PREPARATION,
         "prepare_seconds": round(time.perf_counter() - t0, 2),
     }
     (work / META).write_text(json.dumps(meta, indent=2))
@@ -243,13 +264,38 @@ def source_stamp(source: TaskSource) -> str:
 
 
 def changed_since_prepared(name: str, data_root: Path, custom: tuple[TaskDef, ...] = ()) -> bool:
-    """The prepared task's source has changed since (a task prepared by a release that kept
-    no stamp never counts as changed)."""
+    """The prepared task's source has changed since, or abl now prepares it differently
+    (`PREPARATION`). A task prepared by a release that kept no stamp counts as changed only
+    through the second."""
     meta_path = data_root / "tasks" / name / META
     if not meta_path.is_file():
         return False
-    then = json.loads(meta_path.read_text()).get("source_stamp")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("preparation", 1) != PREPARATION:
+        return True
+    then = meta.get("source_stamp")
     return then is not None and then != source_stamp(task_source(name, custom))
+
+
+def _merge_copies(clips: list[tuple[str, str, str]]) -> tuple[dict[str, str], int]:
+    """(group, clip name, audio digest) of each clip -> (the group of every clip whose audio
+    is also in another group: the first, in sorted order, of the groups its copies span, and
+    how many groups were joined into another). Copies within one group change nothing."""
+    parent: dict[str, str] = {}
+
+    def root(g: str) -> str:
+        while parent.get(g, g) != g:
+            g = parent[g]
+        return g
+
+    first: dict[str, str] = {}
+    for group, _, digest in clips:
+        other = first.setdefault(digest, group)
+        a, b = root(group), root(other)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    out = {name: root(group) for group, name, _ in clips if root(group) != group}
+    return out, sum(1 for g in parent if parent[g] != g)
 
 
 def _pcm_sha1(path: Path) -> str:

@@ -483,6 +483,8 @@ def _run_stdout(args: list[str]) -> bytes:
 from model.data.corpus import (  # noqa: E402  (corpus.py imports RawClip from here)
     AsteriskSpeech,
     GameEffects,
+    GameSoundtracks,
+    MegaGlestSounds,
     SpokenWords,
     WesnothMusic,
     ZeroADLongform,
@@ -494,6 +496,8 @@ TASKS: dict[str, TaskSource] = {
     "corpus-speech": AsteriskSpeech(),
     "corpus-sfx": GameEffects(),
     "corpus-words": SpokenWords(),
+    "corpus-soundtracks": GameSoundtracks(),
+    "corpus-megaglest": MegaGlestSounds(),
     "env-sfx": ZeroADEffects(),
     "music-family": SoundFontNotes(),
     "speech-speaker": FilletsSpeakers(),
