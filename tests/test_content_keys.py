@@ -192,3 +192,15 @@ def test_a_task_prepared_the_old_way_is_prepared_again(tmp_path: Path) -> None:
     again = prepare_task("mine", cache, log=lambda _: None, custom=(task,), again=True)
     assert again.meta["preparation"] == PREPARATION
     assert not changed_since_prepared("mine", cache, (task,))
+
+
+def test_a_task_linked_into_the_cache_is_prepared_again_beside_its_link(tmp_path: Path) -> None:
+    """Preparing again replaces the link with the new task and leaves what it pointed to."""
+    task = TaskDef("mine", "folder", str(_folder(tmp_path / "a")))
+    elsewhere = prepare_task("mine", tmp_path / "other", log=lambda _: None, custom=(task,))
+    cache = tmp_path / "cache"
+    (cache / "tasks").mkdir(parents=True)
+    (cache / "tasks" / "mine").symlink_to(elsewhere.root)
+    again = prepare_task("mine", cache, force=True, log=lambda _: None, custom=(task,))
+    assert not (cache / "tasks" / "mine").is_symlink() and again.root == cache / "tasks" / "mine"
+    assert (elsewhere.root / META).is_file()  # the link's target is untouched

@@ -244,7 +244,9 @@ def _prepare(
         "prepare_seconds": round(time.perf_counter() - t0, 2),
     }
     (work / META).write_text(json.dumps(meta, indent=2))
-    if final.exists():
+    if final.is_symlink():  # a task linked in from elsewhere: the link goes, its target stays
+        final.unlink()
+    elif final.exists():
         shutil.rmtree(final)
     os.replace(work, final)
     if skipped:
