@@ -339,10 +339,9 @@ class MegaGlestSounds(JoinedEvents):
     def clips(self) -> list[RawClip]:
         from model.data.sources import RawClip
 
-        long = [
-            RawClip(str(rel), kind, str(rel), f.read_bytes, split="train")
-            for f in _distinct(self._files(".ogg"), set())
-            for rel in [f.relative_to(self.root)]
-            for kind in ["ambience" if rel.parts[0] == "tilesets" else "music"]
-        ]
+        long = []
+        for f in _distinct(self._files(".ogg"), set()):
+            rel = str(f.relative_to(self.root))
+            kind = "ambience" if rel.startswith("tilesets/") else "music"
+            long.append(RawClip(rel, kind, rel, f.read_bytes, split="train"))
         return long + super().clips()

@@ -190,7 +190,8 @@ def _prepare(
         decoded.append((clip, rel, round(len(wave) / PREPARED_RATE, 4), digest))
     # One recording under two names (a game reusing a sound) must not sit in two folds: clips
     # with the same samples join one group, whatever groups their source gave them.
-    group_of, merged = _merge_copies([(c.group, c.name, pcm[rel]) for c, rel, _, _ in decoded])
+    audio = {c.name: pcm[rel] for c, rel, _, _ in decoded}
+    group_of, merged = _merge_copies([(c.group, c.name, audio[c.name]) for c, *_ in decoded])
     raw = [dataclasses.replace(c, group=group_of.get(c.name, c.group)) for c in raw]
     # A data set's own split wins; the rest are split by group, stratified per class. A class
     # with fewer than three groups cannot reach every split by group, so its clips are split
@@ -201,25 +202,16 @@ def _prepare(
         if c.split is None:
             groups_per_class.setdefault(c.label, set()).add(c.group)
     fine = sorted(lab for lab, g in groups_per_class.items() if len(g) < 3)
-    first_copy = {}
-    for c, rel, _, _ in decoded:
-        first_copy.setdefault(pcm[rel], c.name)
-    copy_of = {c.name: first_copy[pcm[rel]] for c, rel, _, _ in decoded}
+    alone = [(c.name, c.name, audio[c.name]) for c in raw if c.label in fine and c.name in audio]
+    copies, _ = _merge_copies(alone)
     raw = [
-        dataclasses.replace(c, group=copy_of.get(c.name, c.name)) if c.label in fine else c
+        dataclasses.replace(c, group=copies.get(c.name, c.name)) if c.label in fine else c
         for c in raw
     ]
     split_of = assign_splits((c.label, c.group) for c in raw if c.split is None)
-    final_of = {c.name: c for c in raw}
+    group = {c.name: c.group for c in raw}
     rows = [
-        Clip(
-            rel,
-            c.label,
-            final_of[c.name].group,
-            c.split or split_of[final_of[c.name].group],
-            seconds,
-            digest,
-        )
+        Clip(rel, c.label, group[c.name], c.split or split_of[group[c.name]], seconds, digest)
         for c, rel, seconds, digest in decoded
     ]
     with open(work / MANIFEST, "w", newline="") as f:
