@@ -38,6 +38,19 @@ DataRoot = Annotated[
 ]
 
 
+def _port_in_range(port: int) -> int:
+    """A --port outside 1..65535: one line and exit 2, while the arguments are parsed."""
+    if not 1 <= port <= 65535:
+        typer.echo(f"abl: error: --port {port}: choose a port from 1 to 65535", err=True)
+        raise typer.Exit(2)
+    return port
+
+
+def port_option(what: str) -> typer.models.OptionInfo:
+    """The one --port option of every command that serves a page."""
+    return typer.Option(help=f"Port of {what} (1-65535).", callback=_port_in_range)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Print a user-fixable error as one line and exit 2; internal bugs keep their traceback."""
@@ -142,6 +155,11 @@ def run(
         if not dry_run:
             check_size(spec, len(trials), yes)
         if dry_run:
+            from orchestrator.prepare import check_storage
+
+            # A database driver that is not installed fails the real run: say so here too
+            # (no server is reached, nothing is written).
+            check_storage(spec, connect=False)
             for t in trials:
                 mark = "*" if t.provisional else " "
                 _say(f"{t.key}{mark} seed={t.seed}  {t.axis}={t.setting}")
@@ -446,8 +464,18 @@ def stop(experiments: Experiments = Path("experiments.yaml"), output: Output = N
 @app.command()
 def export(
     experiments: Experiments = Path("experiments.yaml"),
-    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
-    out: Annotated[Path | None, typer.Option("--out", help="File to write.")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="csv or parquet; default: the suffix of --out, else csv."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="File to write (.csv or .parquet; a missing folder is created); default: "
+            "OUTPUT/STUDY-results.FORMAT.",
+        ),
+    ] = None,
     output: Output = None,
 ) -> None:
     """Write the results, one row per trial and metric: study, key, seed, axis, setting,
@@ -457,65 +485,118 @@ def export(
     from orchestrator.spec import load_spec
 
     with user_errors():
-        if fmt not in ("csv", "parquet"):
-            raise AblError(f"--format {fmt!r}: use csv or parquet")
+        fmt = _export_format(fmt, out)
         spec = load_spec(experiments, output)
         _reach_results(spec)
         engine = make_engine(spec.results_url)
         init_db(engine)
         df = queries.export_frame(engine, spec.study)
         target = out or spec.output / f"{spec.study}-results.{fmt}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(target, index=False) if fmt == "csv" else df.to_parquet(target, index=False)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            df.to_csv(target, index=False) if fmt == "csv" else df.to_parquet(target, index=False)
+        except (PermissionError, FileExistsError, NotADirectoryError) as e:
+            raise AblError(
+                f"{target}: cannot write there ({e.strerror}); name another file with --out"
+            ) from None
         _say(f"{len(df)} rows -> {target}")
+
+
+EXPORT_FORMATS = ("csv", "parquet")
+
+
+def _export_format(fmt: str | None, out: Path | None) -> str:
+    """The format `abl export` writes: --format, else the suffix of --out, else csv. A folder,
+    an unknown suffix or one that contradicts --format is an AblError naming the flag."""
+    if fmt is not None and fmt not in EXPORT_FORMATS:
+        raise AblError(f"--format {fmt!r}: use csv or parquet")
+    if out is None:
+        return fmt or "csv"
+    if out.is_dir():
+        raise AblError(f"--out {out} is a folder; name a file, e.g. --out {out / 'results.csv'}")
+    suffix = out.suffix.lower().removeprefix(".")
+    if suffix in EXPORT_FORMATS:
+        if fmt is not None and fmt != suffix:
+            raise AblError(
+                f"--out {out} names a .{suffix} file but --format is {fmt}; name a .{fmt} file "
+                "or drop --format"
+            )
+        return suffix
+    if suffix or fmt is None:
+        raise AblError(f"--out {out}: name a .csv or .parquet file")
+    return fmt  # no suffix (e.g. /dev/stdout): --format says what to write
 
 
 @app.command()
 def ui(
     experiments: Experiments = Path("experiments.yaml"),
     output: Output = None,
-    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    port: Annotated[int, port_option("the MLflow UI")] = 5000,
     host: Annotated[
         str, typer.Option(help="Address to listen on (loopback by default).")
     ] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the study's tracking backend (127.0.0.1 unless --host)."""
+    from orchestrator.dashboard import check_free
     from orchestrator.spec import load_spec
     from orchestrator.tracking import ui_command
 
     with user_errors():
         spec = load_spec(experiments, output)
         landing = _mlflow_landing(spec)
+        check_free(host, port)
     cmd = ui_command(spec.mlflow_uri, port, host)
     cmd[0] = str(Path(sys.executable).with_name("mlflow"))
     _say(f"MLflow UI: http://{host}:{port}/{landing}  (Ctrl-C to stop)")
-    raise typer.Exit(subprocess.call(cmd, env=dict(os.environ)))
+    server = subprocess.Popen(cmd, env=dict(os.environ))
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches the server too: it stops, as asked
+        server.wait()
+        return
+    # A server stops by itself only when it failed (`mlflow ui` exits 0 even then).
+    how = f" (exit {code})" if code else ""
+    typer.echo(f"abl: error: the MLflow UI stopped{how}; its messages above say why", err=True)
+    raise typer.Exit(code or 1)
 
 
 def _mlflow_landing(spec) -> str:  # noqa: ANN001
     """The link's path to the study's runs in the MLflow UI (its experiment marked as model
-    training, the trials' columns kept on it); empty while the study has no MLflow data."""
+    training, the trials' columns kept on it). A study with no MLflow data yet is an AblError
+    (a SQLite store that does not exist is not created)."""
     from sqlalchemy.engine import make_url
 
+    from db.engine import mask_url
     from orchestrator.grid import expand
     from orchestrator.prepare import check_storage
     from orchestrator.tracking import ui_landing
 
     uri = spec.mlflow_uri
+    run_first = f"run `abl run {spec.source}` first"
     if uri.startswith("sqlite"):
-        if not Path(make_url(uri).database or "").is_file():
-            return ""  # never run: the UI starts on an empty store, as before
+        path = Path(make_url(uri).database or "")
+        if not path.is_file():  # never run: nothing to show, and nothing is created
+            raise AblError(
+                f"{spec.source}: study {spec.study} has no MLflow runs yet ({path} does not "
+                f"exist); {run_first}"
+            )
     else:
         check_storage(spec, ("mlflow",))  # a server that does not answer: one line, at once
     tasks = dict.fromkeys(task for t in expand(spec) for task in t.recipe.probe.tasks)
-    return ui_landing(uri, spec.study, list(tasks))
+    landing = ui_landing(uri, spec.study, list(tasks))
+    if not landing:
+        raise AblError(
+            f"{spec.source}: study {spec.study} is not in the MLflow store {mask_url(uri)}; "
+            f"{run_first}, or check `study:` and `storage.mlflow`"
+        )
+    return landing
 
 
 @app.command()
 def dashboard(
     experiments: Experiments = Path("experiments.yaml"),
     output: Output = None,
-    port: Annotated[int, typer.Option(help="Port of the Optuna dashboard.")] = 8080,
+    port: Annotated[int, port_option("the Optuna dashboard")] = 8080,
     host: Annotated[
         str, typer.Option(help="Address to listen on (loopback by default).")
     ] = "127.0.0.1",
@@ -618,6 +699,12 @@ def data_list(data: DataRoot = None, experiments: ExperimentsOpt = None) -> None
     from model.data.datasets import TASKS, load_task
 
     with user_errors():
+        if data is not None and not data.is_dir():
+            why = "is a file, not a folder" if data.exists() else "does not exist"
+            raise AblError(
+                f"--data {data}: {why}; point it at the data cache folder (the one holding "
+                "tasks/ that `abl data prepare` wrote), or leave it out for the default"
+            )
         root, custom, _ = _data_context(data, experiments)
         for name in [*sorted(TASKS), *(t.name for t in custom)]:
             try:

@@ -100,10 +100,28 @@ def listen(storage: BaseStorage, host: str, port: int, writable: bool = False) -
     try:
         return make_server(host, port, app, server_class, _Quiet)
     except OSError as e:
-        raise AblError(
-            f"--host {host} --port {port}: cannot listen there "
-            f"({e.strerror or type(e).__name__}); choose another --port or --host"
-        ) from None
+        raise _cannot_listen(host, port, e) from None
+
+
+def check_free(host: str, port: int) -> None:
+    """host:port can be listened on now (a server another process starts next, as `abl ui`
+    starts MLflow's): else the AblError `listen` gives."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            s.bind(address)
+    except OSError as e:
+        raise _cannot_listen(host, port, e) from None
+
+
+def _cannot_listen(host: str, port: int, e: OSError) -> AblError:
+    return AblError(
+        f"--host {host} --port {port}: cannot listen there "
+        f"({e.strerror or type(e).__name__}); choose another --port or --host"
+    )
 
 
 def url(host: str, port: int, study_id: int) -> str:

@@ -37,6 +37,7 @@ def probe_study(spec: StudySpec, tasks: list[str], log: Log) -> pd.DataFrame:
     # Tasks checked as if listed in probe.tasks: known, labelled, not pretraining audio
     # under cross-validation.
     validate_recipe(_with_tasks(base, tasks), "--task, added to baseline.", spec.source)
+    _check_finished(spec)
     # Storage, output folder and data roots checked, and the tasks prepared, as `abl run` does.
     prepare_study(_spec_with_tasks(spec, tasks), log)
     st = open_study(spec)
@@ -58,6 +59,35 @@ def probe_study(spec: StudySpec, tasks: list[str], log: Log) -> pd.DataFrame:
     ).reset_index()
     wide["trial"] = wide["axis"] + "=" + wide["setting"]
     return wide.reindex(columns=COLUMNS).sort_values(["task", "trial", "seed"], ignore_index=True)
+
+
+def _check_finished(spec: StudySpec) -> None:
+    """A study with no finished trial is an AblError naming the file, before anything is
+    created: probing it would score its references alone, in a new output folder."""
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
+    from db.engine import init_db, make_engine, mask_url
+    from orchestrator.prepare import check_storage
+
+    url = spec.results_url
+    where = spec.output if spec.storage.results is None else mask_url(url)
+    none = AblError(
+        f"{spec.source}: study {spec.study!r} has no finished trials in {where}; run "
+        f"`abl run {spec.source}` first"
+    )
+    if url.startswith("sqlite") and not Path(make_url(url).database or "").is_file():
+        raise none
+    check_storage(spec, ("results",))  # a server that does not answer: one line, at once
+    engine = make_engine(url)
+    try:
+        if not inspect(engine).has_table("trials"):
+            raise none
+        init_db(engine)  # an older schema, upgraded as every command that reads it does
+        if not queries.status_counts(engine, spec.study)["done"]:
+            raise none
+    finally:
+        engine.dispose()
 
 
 def _with_tasks(recipe, tasks: list[str]):  # noqa: ANN001, ANN202

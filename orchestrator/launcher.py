@@ -77,6 +77,12 @@ def parse_launcher(raw: Any, source: str) -> LauncherSpec:
 def _extra_list(raw: Any, source: str) -> list[str]:
     """`extra` as a list of key=value, or a mapping {constraint: a100}."""
     if isinstance(raw, dict):
+        for k, v in raw.items():
+            if v is None or isinstance(v, dict | list) or (isinstance(v, str) and not v.strip()):
+                raise AblError(
+                    f"{source}: launcher.extra.{k} = {v!r} is no sbatch value; give one "
+                    "(constraint: a100) or delete the line"
+                )
         return [f"{k}={v}" for k, v in raw.items()]
     if raw is None:
         return []

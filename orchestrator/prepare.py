@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from model.data.datasets import (
     write_corpus_manifest,
 )
 from model.errors import AblError
-from orchestrator.grid import study_tasks
+from orchestrator.grid import DESIGN_CELLS, study_tasks
 from orchestrator.spec import StudySpec
 
 Log = Callable[[str], None]
@@ -72,8 +73,9 @@ def check_output(spec: StudySpec) -> None:
         )
 
 
-def _reach_database(url: str, key: str, source: str) -> None:
-    """Connect once to a database server; check a SQLite file's folder is there."""
+def _reach_database(url: str, key: str, source: str, connect: bool = True) -> None:
+    """Connect once to a database server; check a SQLite file's folder is there. Without
+    `connect`, only that the URL parses and its Python driver imports (no server, no file)."""
     from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
@@ -88,6 +90,8 @@ def _reach_database(url: str, key: str, source: str) -> None:
             f"postgresql://user@host/abl_{key}"
         ) from None
     if parsed.get_backend_name() == "sqlite":
+        if not connect:
+            return  # sqlite3 comes with Python
         if not parsed.database or parsed.database == ":memory:":
             raise AblError(
                 f"{source}: storage.{key} = {url} is an in-memory database, which the workers "
@@ -114,6 +118,9 @@ def _reach_database(url: str, key: str, source: str) -> None:
             f"{source}: storage.{key} {mask_url(url)} needs the Python driver {e.name}, which "
             "is not installed; install it in the environment or choose another URL"
         ) from None
+    if not connect:
+        engine.dispose()  # made without connecting: the driver imported, no server asked
+        return
     try:
         with engine.connect():
             pass
@@ -143,20 +150,76 @@ def _reach_server(uri: str, key: str, source: str) -> None:
         ) from None
 
 
-def check_storage(spec: StudySpec, keys: tuple[str, ...] = ("optuna", "results", "mlflow")) -> None:
-    """Every database the study names is reachable, before anything is created. The default
-    SQLite files live under the output folder, which `check_output` covers."""
+def _creatable(folder: Path) -> str | None:
+    """Why a file cannot be created in `folder` (made with its parents where missing), or
+    None. A probe folder is made and removed at once in the nearest existing one: permission
+    bits do not tell for root, nor under /proc."""
+    import tempfile
+
+    why = _writable_folder(folder)
+    if why:
+        return why
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".abl-probe-", dir=probe))
+    except OSError as e:
+        return f"{probe}: {e.strerror or type(e).__name__}"
+    return None
+
+
+def _check_journal(url: str, source: str) -> None:
+    """Optuna's journal file can be opened where the URL puts it (the ledger makes its
+    folder): an absolute path (`abl worker --storage` is not checked at load), not a folder,
+    in a folder this process can write."""
+    from db.engine import mask_url
+
+    path = Path(url.removeprefix("journal://"))
+    if not path.is_absolute():
+        raise AblError(
+            f"{source}: storage.optuna = {mask_url(url)}: a journal file needs an absolute path "
+            "on the shared filesystem, e.g. journal:///shared/abl-out/optuna.journal"
+        )
+    if path.is_dir():
+        raise AblError(
+            f"{source}: storage.optuna = {mask_url(url)} is a folder; name a file in it, e.g. "
+            f"journal://{path / 'optuna.journal'}"
+        )
+    if path.exists():
+        why = None if os.access(path, os.W_OK) else "permission denied"
+    else:
+        why = _creatable(path.parent)
+    if why:
+        raise AblError(
+            f"{source}: storage.optuna = {mask_url(url)}: the journal file cannot be written "
+            f"in {path.parent} ({why}); point storage.optuna at a folder you can write"
+        )
+
+
+def check_storage(
+    spec: StudySpec,
+    keys: tuple[str, ...] = ("optuna", "results", "mlflow"),
+    connect: bool = True,
+) -> None:
+    """Every database the study names is reachable, and the journal file's folder writable,
+    before anything is created. The default SQLite files live under the output folder, which
+    `check_output` covers. Without `connect` (--dry-run), only that each database's Python
+    driver imports: nothing is reached or probed."""
     for key in keys:
         url = getattr(spec.storage, key)
         if url is None:
             continue
         scheme = url.split(":", 1)[0].lower()
         if scheme == "journal":
-            continue  # Optuna's journal file: the ledger opens (and reports) it
+            if connect and key == "optuna":
+                _check_journal(url, spec.source)
+            continue
         if key == "mlflow" and scheme in ("http", "https"):
-            _reach_server(url, key, spec.source)
+            if connect:
+                _reach_server(url, key, spec.source)
         elif key != "mlflow" or "+" in scheme or scheme in ("sqlite", "postgresql", "mysql"):
-            _reach_database(url, key, spec.source)
+            _reach_database(url, key, spec.source, connect)
 
 
 def _layout_of(t: TaskDef) -> str:
@@ -213,6 +276,52 @@ def check_data(spec: StudySpec, data_root: Path) -> tuple[list[str], list[str]]:
     return missing, changed
 
 
+def check_probes(spec: StudySpec, data_root: Path) -> None:
+    """Every prepared probe task holds what the probes of the study's recipes need: under
+    `probe.protocol: cv`, `probe.folds` groups of clips (under `data.max_clips_per_class`);
+    under `split`, clips in train, val and test. Checked once the tasks are prepared and
+    before any trial pretrains (the probe itself would fail only after pretraining)."""
+    recipes = [spec.baseline, *(cell[-1] for cell in DESIGN_CELLS[spec.design](spec))]
+    needs = {
+        (t, r.probe.protocol, r.probe.folds, r.data.max_clips_per_class): None
+        for r in recipes
+        for t in r.probe.tasks
+    }
+    declared = spec.baseline.data.tasks
+    tasks = {t: load_task(t, data_root, declared) for t, *_ in needs}
+    for name, protocol, folds, limit in needs:
+        splits = {sp: tasks[name].split(sp, limit) for sp in ("train", "val", "test")}
+        if protocol == "split":
+            empty = [sp for sp, clips in splits.items() if not clips]
+            if empty:
+                counts = " / ".join(f"{sp} {len(c)}" for sp, c in splits.items())
+                raise AblError(
+                    f"{spec.source}: probe.protocol: split needs train, val and test clips, but "
+                    f"task {name!r} has {counts}; give it more audio (or its own split), or "
+                    "use probe.protocol: cv"
+                )
+            continue
+        clips = [c for part in splits.values() for c in part]
+        groups = len({c.group for c in clips})
+        most = max(Counter(c.label for c in clips).values())
+        # What `model.probe.cv_folds` needs: a group per fold, and a class with a clip in each.
+        if min(groups, most) >= folds:
+            continue
+        under = f" under data.max_clips_per_class = {limit}" if limit else ""
+        fits = min(groups, most)
+        fixes = [f"lower probe.folds to {fits}"] if fits >= 3 else ["give it more audio"]
+        fixes += ["raise data.max_clips_per_class"] if limit else []
+        has = (
+            f"has {groups} groups of clips"
+            if groups < folds
+            else f"has at most {most} clips in a class"
+        )
+        raise AblError(
+            f"{spec.source}: probe.folds = {folds}, but task {name!r} {has}{under}, too few to "
+            f"fill {folds} folds; {', '.join(fixes)}, or use probe.protocol: split"
+        )
+
+
 def prepare_study(spec: StudySpec, log: Log = print) -> Prepared:
     """Check storage, the output folder and the data, then prepare the missing tasks."""
     check_storage(spec)
@@ -241,4 +350,5 @@ def prepare_study(spec: StudySpec, log: Log = print) -> Prepared:
             f"pretraining corpus: {hours:.2f} h from {', '.join(corpus)} (train splits only), "
             f"listed in {data_root / 'corpus.csv'}"
         )
+    check_probes(spec, data_root)
     return Prepared(data_root, tuple(missing + changed))

@@ -162,7 +162,7 @@ def check_data(spec: StudySpec) -> Path:
     """The data cache, with every task the study reads prepared: a worker must never prepare
     data (many would at once, on the shared filesystem)."""
     from model.data.datasets import resolve_data_root
-    from orchestrator.prepare import unprepared
+    from orchestrator.prepare import check_probes, unprepared
 
     root = resolve_data_root(spec.baseline.data.cache)
     missing, changed = unprepared(spec, root)
@@ -177,6 +177,7 @@ def check_data(spec: StudySpec) -> Path:
             f"them, changed since they were prepared in {root}; run "
             f"`abl data prepare -e {spec.source}` once on this host to prepare them again"
         )
+    check_probes(spec, root)  # what the probes need: found before any worker pretrains
     return root
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import json
 import math
@@ -28,6 +29,7 @@ from model.data.features import SAMPLINGS
 from model.data.sources import TASKS
 from model.embed import ENCODERS
 from model.errors import AblError
+from model.frontend import empty_mel_filters
 from model.jepa import (
     BRANCHES,
     GLOBAL_LOSSES,
@@ -47,6 +49,8 @@ PRUNING = ("none", "median")
 # MLflow tracking URIs that name a database (the others are folders or servers).
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
 DESIGNS = ("ofat", "factorial", "list")
+# What grid.py and the reports call trials that are no axis' (reports/data.py's *_AXIS).
+TRIAL_AXES = ("baseline", "factorial", "config", "reference")
 # A grid grows as the product of the value counts (times the seeds); past this many trials a
 # typo (one value too many on three axes) would silently queue days of training, so `abl run`
 # asks for --yes first. Past the hard limit no file is accepted: checking every cell of the
@@ -60,6 +64,17 @@ TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 # Integers beyond 64 bits overflow the results database and the random generators.
 MAX_INT = 2**63 - 1
 MAX_SEED = 2**32 - 1  # what every generator a trial seeds accepts
+# Sizes past these are typos (a digit too many), not research settings: refused when the file
+# is loaded rather than when a trial allocates them (docs/axes.md).
+SAMPLE_RATES = (1000, 384_000)  # Hz
+MAX_N_FFT = 2**18  # samples: 16 s at 16 kHz
+MAX_FRAMES = 100_000  # 1000 s at the 10 ms hop
+MAX_DEPTH = 64  # transformer blocks, encoder and predictor
+MAX_WIDTH = 8192  # channels
+MAX_MLP_RATIO = 64.0
+MAX_SAMPLES = 65_536  # a step's samples: train.batch_size x mask.per_crop
+# A factorial design validates every cell: count each frontend's empty filters once.
+_empty_mel_filters = functools.lru_cache(maxsize=64)(empty_mel_filters)
 # A number written as text that YAML 1.1 leaves a string: "1e-3", "5E+2", "-2.5e3".
 FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -453,12 +468,46 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
     fe, enc, pred = r.frontend, r.encoder, r.predictor
     if not fe.eps > 0:
         raise bad("frontend.eps", f"= {fe.eps} must be positive (it keeps log(mel) finite)")
-    if fe.sample_rate < 1000:
-        raise bad("frontend.sample_rate", f"= {fe.sample_rate} is too low; use 16000")
+    if not SAMPLE_RATES[0] <= fe.sample_rate <= SAMPLE_RATES[1]:
+        low, high = SAMPLE_RATES
+        raise bad(
+            "frontend.sample_rate", f"= {fe.sample_rate} Hz is outside {low}..{high}; use 16000"
+        )
     if fe.hop <= 0 or fe.n_fft <= 0 or fe.hop > fe.n_fft:
         raise bad("frontend.hop", "must be positive and at most frontend.n_fft")
     if not 0 <= fe.f_min < fe.f_max <= fe.sample_rate / 2:
         raise bad("frontend.f_max", "must exceed f_min and be at most sample_rate / 2")
+    if fe.frames > MAX_FRAMES:
+        raise bad(
+            "frontend.frames",
+            f"= {fe.frames} is past {MAX_FRAMES} frames, surely a typo; use a length like 208 "
+            "(2.08 s at hop 160)",
+        )
+    if fe.n_fft > MAX_N_FFT:
+        raise bad(
+            "frontend.n_fft",
+            f"= {fe.n_fft} is past {MAX_N_FFT} samples, surely a typo; use a window like 400 "
+            "(25 ms at 16 kHz)",
+        )
+    if fe.n_fft // 2 >= fe.frames * fe.hop:
+        raise bad(
+            "frontend.n_fft",
+            f"= {fe.n_fft} is too long for one input: its reflect padding (n_fft // 2 = "
+            f"{fe.n_fft // 2} samples) must be shorter than frontend.frames x frontend.hop = "
+            f"{fe.frames * fe.hop} samples; use a smaller n_fft or more frames",
+        )
+    bins = fe.n_fft // 2 + 1
+    # Each bin lies inside at most two filters: past 2 x bins, filters are surely empty.
+    empty = fe.n_mels - 2 * bins if fe.n_mels > 2 * bins else _empty_mel_filters(fe)
+    if empty:
+        some = "at least " if fe.n_mels > 2 * bins else ""
+        raise bad(
+            "frontend.n_mels",
+            f"= {fe.n_mels} leaves {some}{empty} mel filters empty: no frequency bin of "
+            f"frontend.n_fft = {fe.n_fft} falls inside their band of frontend.f_min..f_max = "
+            f"{fe.f_min:g}..{fe.f_max:g} Hz, so they are constant rows; use fewer n_mels, a "
+            "larger n_fft, or a wider f_min..f_max",
+        )
     if not 0 < r.mask.ratio < 1:
         raise bad("mask.ratio", f"= {r.mask.ratio} is outside (0, 1); use a value like 0.6")
     one_of("mask.strategy", r.mask.strategy, MASKERS)
@@ -516,6 +565,14 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
             f"= {m.target_blocks} exceeds the {tokens} patches of the {fe.n_mels} x "
             f"{fe.frames} input with encoder.patch = [{pf}, {pt}]; use at most {tokens}",
         )
+    for key, net in (("encoder", enc), ("predictor", pred)):
+        for name, value, top in (
+            ("depth", net.depth, MAX_DEPTH),
+            ("width", net.width, MAX_WIDTH),
+            ("mlp_ratio", net.mlp_ratio, MAX_MLP_RATIO),
+        ):
+            if value > top:
+                raise bad(f"{key}.{name}", f"= {value} is past {top:g}, surely a typo")
     for key, width, heads in (
         ("encoder", enc.width, enc.heads),
         ("predictor", pred.width, pred.heads),
@@ -540,6 +597,18 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("train.ema_start", "must satisfy 0 <= ema_start <= ema_end <= 1")
     if tc.warmup_steps < 0 or tc.log_every < 1:
         raise bad("train.warmup_steps", "must be >= 0 and train.log_every >= 1")
+    if tc.warmup_steps > tc.steps:
+        raise bad(
+            "train.warmup_steps",
+            f"= {tc.warmup_steps} is longer than training (train.steps = {tc.steps}): the "
+            "learning rate would never reach its peak; use at most train.steps warmup steps",
+        )
+    if tc.batch_size > MAX_SAMPLES:
+        raise bad(
+            "train.batch_size",
+            f"= {tc.batch_size} is past {MAX_SAMPLES} crops a step, surely a typo; use a "
+            "batch like 32",
+        )
     if tc.weight_decay < 0:
         raise bad("train.weight_decay", f"= {tc.weight_decay} must be >= 0")
     one_of("train.precision", tc.precision, PRECISIONS)
@@ -591,6 +660,13 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("data.mix", f"= {r.data.mix} must be in [0, 1): the other crop's largest share")
     if r.mask.per_crop < 1:
         raise bad("mask.per_crop", f"= {r.mask.per_crop} must be at least 1")
+    if r.mask.per_crop * r.train.batch_size > MAX_SAMPLES:
+        raise bad(
+            "mask.per_crop",
+            f"= {r.mask.per_crop} makes train.batch_size x mask.per_crop = "
+            f"{r.train.batch_size * r.mask.per_crop} samples a step, past {MAX_SAMPLES}, surely "
+            "a typo; use fewer masks per crop (EAT uses 16) or a smaller batch",
+        )
     if r.loss.var_weight < 0 or r.loss.cov_weight < 0:
         raise bad("loss.var_weight", "and loss.cov_weight must be >= 0 (0: off)")
     one_of("probe.protocol", r.probe.protocol, PROTOCOLS)
@@ -616,6 +692,30 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         )
 
 
+def _is_recipe_path(text: str) -> bool:
+    section, _, key = text.partition(".")
+    return section in SECTIONS and key in {f.name for f in fields(SECTIONS[section])}
+
+
+def _check_axis_name(name: Any, source: str) -> None:
+    """An axis name labels trials (`name=value`) and names them in `crossed` and `--axis`."""
+    if not isinstance(name, str) or not name.strip():
+        raise AblError(
+            f"{source}: axes has an axis named {name!r}; an axis name must be a non-empty "
+            "text, e.g. masking (or the section.setting path it varies)"
+        )
+    if "=" in name:
+        raise AblError(
+            f"{source}: axes.{name}: an axis name cannot hold '=' (trials are labelled "
+            "name=value); rename it"
+        )
+    if name in TRIAL_AXES:
+        raise AblError(
+            f"{source}: axes.{name}: {name!r} is what abl calls its own trials "
+            f"({', '.join(TRIAL_AXES)}); give the axis another name"
+        )
+
+
 def _parse_axes(raw: Any, source: str) -> tuple[Axis, ...]:
     """Axes with their values coerced; which values must be valid recipes depends on the design."""
     if not isinstance(raw, dict) or not raw:
@@ -625,7 +725,7 @@ def _parse_axes(raw: Any, source: str) -> tuple[Axis, ...]:
         )
     axes: list[Axis] = []
     for name, body in raw.items():
-        name = str(name)
+        _check_axis_name(name, source)
         if isinstance(body, list):
             path, values = name, body
         elif isinstance(body, dict):
@@ -641,10 +741,26 @@ def _parse_axes(raw: Any, source: str) -> tuple[Axis, ...]:
                 f"{source}: axes.{name} must be a list of values or "
                 "{path: section.setting, values: [...]}"
             )
-        if not isinstance(values, list) or not values:
+        if isinstance(body, dict) and "values" not in body:
+            raise AblError(
+                f"{source}: axes.{name}.values is missing; list the values to try, e.g. "
+                "values: [unstructured, time]"
+            )
+        if values is not None and not isinstance(values, list):
+            raise AblError(
+                f"{source}: axes.{name}.values must be a list, got {values!r}; write the "
+                "values in brackets, e.g. values: [unstructured, time]"
+            )
+        if not values:
             raise AblError(f"{source}: axes.{name}.values is empty; list at least one value")
         section, key = recipe_field(str(path), source)
         _check_varies(str(path), source, "axis path")
+        if name != path and _is_recipe_path(name):
+            raise AblError(
+                f"{source}: axes.{name} varies {path} but is named after the setting {name}, "
+                f"so its trials would read {name}=<a value of {path}>; name it {path} or a word "
+                "that is no recipe path (e.g. masking)"
+            )
         hint = typing.get_type_hints(section)[key]
         coerced = tuple(
             _coerce(v, hint, f"axes.{name}.values[{i}]", source) for i, v in enumerate(values)
@@ -752,6 +868,11 @@ def _parse_configs(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Confi
         name = body.get("name")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise AblError(f"{source}: {where}.name must be a non-empty text, got {name!r}")
+        if name == "baseline":
+            raise AblError(
+                f"{source}: {where}.name 'baseline' is the name of the baseline's trials, which "
+                "always run beside the entries; give the entry another name"
+            )
         values: list[tuple[str, Any]] = []
         for path, value in body.items():
             if path == "name":
@@ -816,8 +937,22 @@ def _check_storage_urls(storage: StorageSpec, source: str) -> None:
         if url is None:
             continue
         database = key != "mlflow" or url.split(":", 1)[0].split("+")[0] in DATABASE_SCHEMES
+        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", url)
+        if key == "mlflow" and (scheme is None or scheme[1].lower() == "file"):
+            # A folder: MLflow's file store, which MLflow 3 refuses when the run starts.
+            raise AblError(
+                f"{source}: storage.mlflow = {url if '@' not in url else mask_url(url)} is not "
+                "a tracking URI; use sqlite:///..., postgresql://..., mysql://..., mssql://... "
+                "or http(s)://..., or delete the key for SQLite under the output folder"
+            )
         if key == "optuna" and url.startswith("journal://"):
-            database = False  # Optuna's journal file (orchestrator/ledger.py checks the path)
+            database = False  # Optuna's journal file (orchestrator/prepare.py checks its folder)
+            if not url.removeprefix("journal://").startswith("/"):
+                raise AblError(
+                    f"{source}: storage.optuna = {mask_url(url)}: a journal file needs an "
+                    "absolute path on the shared filesystem, e.g. "
+                    "journal:///shared/abl-out/optuna.journal"
+                )
         if database:
             try:
                 make_url(url).get_dialect()
@@ -828,13 +963,39 @@ def _check_storage_urls(storage: StorageSpec, source: str) -> None:
                     "write one like postgresql://user@host/abl_" + key + ", or delete the key "
                     "for SQLite under the output folder"
                 ) from None
+        file = _sqlite_file(url)
         for other, other_url in given.items():
             if url == other_url:
                 raise AblError(
                     f"{source}: storage.{key} and storage.{other} name one database "
                     f"({mask_url(url)}); their tables overlap, so give each its own database"
                 )
+            if file is not None and file == _sqlite_file(other_url):
+                raise AblError(
+                    f"{source}: storage.{key} and storage.{other} name one database "
+                    f"({mask_url(url)} and {mask_url(other_url)} are both the SQLite file {file}); "
+                    "their tables overlap, so give each its own database"
+                )
         given[key] = url
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL opens, with symlinks, `..` and a relative path (SQLite opens it
+    from the working folder) resolved, so one file spelled two ways compares equal; None for
+    other URLs, in-memory SQLite and SQLite URI filenames (`?uri=true`)."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite" or "uri" in parsed.query:
+            return None
+    except Exception:  # unparsable: reported as such by the caller
+        return None
+    if not parsed.database or parsed.database == ":memory:":
+        return None
+    return os.path.realpath(parsed.database)
 
 
 def check_size(spec: StudySpec, trials: int, yes: bool) -> None:
@@ -1010,7 +1171,18 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
     out = output if output is not None else raw.get("output", "abl-out")
     if not isinstance(out, str | Path):
         raise AblError(f"{source}: output must be a folder path")
-    out_path = Path(out)
+    key = "output" if output is None else "--output"
+    if "\0" in str(out):
+        raise AblError(
+            f"{source}: {key} = {str(out)!r} holds a NUL byte, which no path can; write the "
+            "folder path without it"
+        )
+    try:
+        out_path = Path(out).expanduser()  # `~/abl-out`, as data.cache and task roots
+    except RuntimeError:
+        raise AblError(
+            f"{source}: {key} = {out}: the home folder of its `~` is unknown; write the full path"
+        ) from None
     if not out_path.is_absolute():
         # Relative outputs live beside the experiments file, wherever abl is started from.
         out_path = p.parent / out_path

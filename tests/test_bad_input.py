@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from pathlib import Path
 
@@ -271,6 +272,15 @@ def test_settings_that_cannot_vary_are_not_axes(tmp_path, path):
             {"results": "sqlite:///a.db", "mlflow": "sqlite:///a.db"},
             ["storage.mlflow and storage.results name one database"],
         ),
+        (
+            {"optuna": "sqlite:///a.db", "results": "sqlite:///./a.db"},
+            ["storage.results and storage.optuna name one database", "both the SQLite file"],
+        ),
+        # A folder is MLflow's file store, which MLflow 3 refuses only once the run started.
+        ({"mlflow": "garbage"}, ["storage.mlflow = garbage is not a tracking URI", "http(s)"]),
+        ({"mlflow": "file:///tmp/mlruns"}, ["storage.mlflow = file:///tmp/mlruns", "sqlite:///"]),
+        ({"mlflow": "file://u:secret@h/m"}, ["storage.mlflow = file://u:***@h/m"]),
+        ({"optuna": "journal://rel.log"}, ["storage.optuna = journal://rel.log", "absolute path"]),
     ],
 )
 def test_storage_urls_are_checked_when_loaded(tmp_path, storage, words):
@@ -278,7 +288,31 @@ def test_storage_urls_are_checked_when_loaded(tmp_path, storage, words):
     if not words:
         load_spec(f)
         return
-    refused(tmp_path, f, words)
+    assert "secret" not in refused(tmp_path, f, words)
+
+
+def test_one_sqlite_file_spelled_two_ways_is_one_database(tmp_path, monkeypatch):
+    # Relative paths open from the working folder, as SQLite opens them.
+    (tmp_path / "db").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "db")
+    monkeypatch.chdir(tmp_path)
+    real = os.path.realpath(tmp_path / "db" / "a.db")
+    at = f"sqlite:///{tmp_path}"
+    for storage in [
+        {"optuna": f"{at}/db/a.db", "results": f"{at}//db/a.db"},
+        {"optuna": f"{at}/db/a.db", "results": "sqlite:///db/a.db"},
+        {"optuna": f"{at}/link/a.db", "results": f"{at}/db/../db/a.db"},
+    ]:
+        f = write(tmp_path, lambda s, storage=storage: s.update(storage=storage))
+        refused(
+            tmp_path,
+            f,
+            ["storage.results and storage.optuna name one database", f"SQLite file {real}"],
+        )
+    assert not any((tmp_path / "db").iterdir())  # no Optuna tables made before the refusal
+    # Two files in one folder are two databases.
+    two = {"optuna": "sqlite:///db/a.db", "results": "sqlite:///db/b.db"}
+    load_spec(write(tmp_path, lambda s: s.update(storage=two)))
 
 
 def test_byo_options_are_typed(tmp_path):

@@ -137,7 +137,7 @@ def test_silence_is_log_eps_and_buffers_not_persistent() -> None:
     assert LogMel(DEFAULT).state_dict() == {}
 
 
-@pytest.mark.parametrize("n", [201, 1599, 1600, 1601, 32000])
+@pytest.mark.parametrize("n", [1, 80, 200, 201, 1599, 1600, 1601, 32000])
 def test_num_frames_matches_output(n: int) -> None:
     out = log_mel(np.ones(n, dtype=np.float32), DEFAULT)
     assert out.shape[-1] == num_frames(n, DEFAULT) == 1 + n // DEFAULT.hop
@@ -146,3 +146,13 @@ def test_num_frames_matches_output(n: int) -> None:
 def test_bad_frequency_range_rejected() -> None:
     with pytest.raises(ValueError, match="f_min"):
         mel_filterbank(FrontendConfig(f_min=8000.0, f_max=50.0))
+
+
+def test_a_clip_shorter_than_half_a_window_is_padded_with_silence() -> None:
+    """A 5 ms click (shorter than n_fft // 2, which reflect padding needs) gives finite frames
+    whose energy is the click's: it is padded with silence, not refused."""
+    click = np.zeros(80, dtype=np.float32)
+    click[10:20] = 0.5
+    out = log_mel(click, DEFAULT)
+    assert out.shape == (DEFAULT.n_mels, 1) and np.isfinite(out).all()
+    assert out.max() > np.log(DEFAULT.eps) + 5

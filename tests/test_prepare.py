@@ -3,6 +3,7 @@ data set before it writes anything (orchestrator/prepare.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
 import threading
 import time
@@ -150,6 +151,11 @@ def test_a_manifest_naming_a_missing_file_is_refused_before_writing(tmp_path):
         ({"optuna": "sqlite:////nonexistent-abl/optuna.db"}, ["storage.optuna", "does not exist"]),
         ({"mlflow": "sqlite:////nonexistent-abl/m.db"}, ["storage.mlflow", "does not exist"]),
         ({"results": "sqlite://"}, ["storage.results", "in-memory"]),
+        # A journal folder that cannot be made (mkdir fails under /proc, even for root).
+        (
+            {"optuna": "journal:///proc/abl-none/x.log"},
+            ["storage.optuna = journal:///proc/abl-none/x.log", "cannot be written"],
+        ),
     ],
 )
 def test_storage_errors_name_the_experiments_file(tmp_path, storage, words):
@@ -168,6 +174,44 @@ def test_storage_errors_name_the_experiments_file(tmp_path, storage, words):
     )
     one_line(worker, str(exp), "storage.optuna")
     nothing_written(tmp_path)
+
+
+def test_a_journal_the_ledger_cannot_open_is_refused_before_writing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a relative journal path would go
+    make_folder_task(tmp_path / "mine")
+    exp = experiments(tmp_path)
+    (tmp_path / "taken").write_text("a file")
+    for url, words in [
+        (f"journal://{tmp_path}/taken/x.log", ["is a file, not a folder"]),
+        (f"journal://{tmp_path}", ["is a folder; name a file in it"]),
+    ]:
+        spec = yaml.safe_load(exp.read_text())
+        spec["storage"] = {"optuna": url}
+        exp.write_text(yaml.safe_dump(spec))
+        one_line(runner.invoke(app, ["run", "-j", "1", str(exp)]), str(exp), url, *words)
+        nothing_written(tmp_path)
+    # `abl worker --storage` is not checked when the file loads: the pre-flight check says it.
+    del spec["storage"]
+    exp.write_text(yaml.safe_dump(spec))
+    worker = runner.invoke(app, ["worker", str(exp), "--storage", "journal://rel.log"])
+    one_line(worker, str(exp), "storage.optuna = journal://rel.log", "absolute path")
+    nothing_written(tmp_path)
+    assert not (tmp_path / "rel.log").exists()
+
+
+@pytest.mark.parametrize("key", ["optuna", "results", "mlflow"])
+def test_dry_run_names_a_missing_database_driver(tmp_path, key):
+    if importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("MySQLdb is installed here")
+    exp = experiments(tmp_path)
+    spec = yaml.safe_load(exp.read_text())
+    spec["storage"] = {key: "mysql://abl:secret@localhost/abl"}
+    exp.write_text(yaml.safe_dump(spec))
+    for args in (["--dry-run"], ["-j", "1"]):  # the dry run says what the run would
+        result = runner.invoke(app, ["run", str(exp), *args])
+        one_line(result, str(exp), f"storage.{key}", "needs the Python driver MySQLdb")
+        assert "secret" not in result.output
+        nothing_written(tmp_path)
 
 
 def test_an_output_that_cannot_be_a_folder_stops_before_preparing(tmp_path):

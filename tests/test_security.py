@@ -17,6 +17,8 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.spec import load_spec
+from orchestrator.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("orchestrator", "model", "db", "reports")
@@ -70,6 +72,9 @@ def test_no_shell_is_started_from_a_string():
 
 def test_the_mlflow_ui_listens_on_loopback_only(tmp_path, tiny_experiments):
     exp = tiny_experiments()
+    spec = load_spec(exp)
+    spec.output.mkdir(parents=True)
+    Tracker(spec.mlflow_uri, spec.study, spec.output / "mlartifacts")  # `abl ui` needs a study
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -119,6 +119,54 @@ BAD = {
         lambda s: s["baseline"]["encoder"].update(width=190),
         ["encoder.width", "heads"],
     ),
+    "window longer than the input": (
+        lambda s: s["baseline"]["frontend"].update(n_fft=100000),
+        ["baseline.frontend.n_fft = 100000", "frames x frontend.hop = 33280", "smaller n_fft"],
+    ),
+    "window past any audio frontend": (
+        lambda s: s["baseline"]["frontend"].update(n_fft=10**12, hop=10**9),
+        ["baseline.frontend.n_fft = 1000000000000", "past 262144", "typo"],
+    ),
+    "mel filters left empty": (
+        lambda s: s["baseline"]["frontend"].update(n_mels=128),
+        ["baseline.frontend.n_mels = 128", "leaves 3 mel filters empty", "fewer n_mels"],
+    ),
+    "mel band too narrow for its filters": (
+        lambda s: s["baseline"]["frontend"].update(f_min=7999.9),
+        ["frontend.n_mels = 80", "leaves 79 mel filters empty", "wider f_min..f_max"],
+    ),
+    "more mel filters than bins could fill": (
+        lambda s: s["baseline"]["frontend"].update(n_mels=10**9),
+        ["frontend.n_mels = 1000000000", "at least 999999598 mel filters empty"],
+    ),
+    "sample rate past audio": (
+        lambda s: s["baseline"]["frontend"].update(sample_rate=10**12),
+        ["baseline.frontend.sample_rate = 1000000000000 Hz", "1000..384000", "use 16000"],
+    ),
+    "input length a typo": (
+        lambda s: s["baseline"]["frontend"].update(frames=10**9),
+        ["baseline.frontend.frames = 1000000000", "past 100000", "typo"],
+    ),
+    "encoder depth a typo": (
+        lambda s: s["baseline"]["encoder"].update(depth=10**6),
+        ["baseline.encoder.depth = 1000000", "past 64", "typo"],
+    ),
+    "predictor width a typo": (
+        lambda s: s["baseline"]["predictor"].update(width=3 * 2**20),
+        ["baseline.predictor.width = 3145728", "past 8192"],
+    ),
+    "warmup longer than training": (
+        lambda s: s["baseline"]["train"].update(warmup_steps=561),
+        ["baseline.train.warmup_steps = 561", "train.steps = 560"],
+    ),
+    "batch a typo": (
+        lambda s: s["baseline"]["train"].update(batch_size=10**12),
+        ["baseline.train.batch_size = 1000000000000", "past 65536"],
+    ),
+    "masks per crop a typo": (
+        lambda s: s["baseline"]["mask"].update(per_crop=10**9),
+        ["baseline.mask.per_crop = 1000000000", "32000000000 samples a step", "past 65536"],
+    ),
     "unknown strategy in axis": (
         lambda s: s["axes"]["masking"].update(values=["unstructured", "spiral"]),
         ["axes.masking", "spiral"],
@@ -131,6 +179,38 @@ BAD = {
     "unknown axis path": (
         lambda s: s["axes"].update(x={"path": "mask.shape", "values": [1]}),
         ["mask.shape"],
+    ),
+    "axis values a scalar": (
+        lambda s: s["axes"]["masking"].update(values="time"),
+        ["axes.masking.values must be a list, got 'time'"],
+    ),
+    "axis values a mapping": (
+        lambda s: s["axes"]["masking"].update(values={"a": 1}),
+        ["axes.masking.values must be a list, got {'a': 1}"],
+    ),
+    "axis values missing": (
+        lambda s: s["axes"]["masking"].pop("values"),
+        ["axes.masking.values is missing"],
+    ),
+    "axis named nothing": (
+        lambda s: s.update(axes={"": {"path": "mask.ratio", "values": [0.5]}}),
+        ["axis named ''", "non-empty text"],
+    ),
+    "axis named null": (
+        lambda s: s.update(axes={None: {"path": "mask.ratio", "values": [0.5]}}),
+        ["axis named None", "non-empty text"],
+    ),
+    "axis name with =": (
+        lambda s: s.update(axes={"ratio=high": {"path": "mask.ratio", "values": [0.5]}}),
+        ["axes.ratio=high", "cannot hold '='"],
+    ),
+    "axis named as the baseline": (
+        lambda s: s.update(axes={"baseline": {"path": "mask.ratio", "values": [0.5]}}),
+        ["axes.baseline", "what abl calls its own trials", "another name"],
+    ),
+    "axis named after another setting": (
+        lambda s: s.update(axes={"mask.ratio": {"path": "mask.strategy", "values": ["time"]}}),
+        ["axes.mask.ratio varies mask.strategy", "name it mask.strategy"],
     ),
     "no axes": (lambda s: s.update(axes={}), ["axes"]),
     "bad seeds": (lambda s: s.update(seeds=[0, 0]), ["seeds"]),
@@ -185,6 +265,10 @@ BAD = {
         as_list([{"name": "same", "mask.ratio": 0.6}]),
         ["configs[0] (same)", "same trial as the baseline"],
     ),
+    "entry named as the baseline": (
+        as_list([{"name": "baseline", "mask.ratio": 0.7}]),
+        ["configs[0].name 'baseline'", "another name"],
+    ),
     "factorial past the hard limit": (
         lambda s: s.update(
             design="factorial",
@@ -217,6 +301,10 @@ BAD = {
     "crossed without factorial": (
         lambda s: s.update(design="ofat", crossed=["masking"]),
         ["crossed", "set design: factorial"],
+    ),
+    "sbatch directive without a value": (
+        lambda s: s.update(launcher={"name": "slurm", "extra": {"constraint": None}}),
+        ["launcher.extra.constraint = None", "delete the line"],
     ),
 }
 
@@ -318,6 +406,42 @@ def test_yaml_tags_cannot_build_objects(tmp_path):
     p.write_text("study: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(AblError, match="YAML"):
         load_spec(p)
+
+
+def test_output_under_the_home_folder(tmp_path, monkeypatch):
+    # As data.cache and task roots: `~` is the home folder, not a folder named `~`.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write(tmp_path, lambda s: s.update(output="~/abl-out"))
+    assert load_spec(path).output == tmp_path / "home" / "abl-out"
+
+
+def test_output_with_a_nul_byte_is_one_line(tmp_path):
+    path = write(tmp_path, lambda s: s.update(output="abl\0out"))
+    result = runner.invoke(app, ["run", "-j", "1", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and str(path) in result.output
+    assert "output = 'abl\\x00out' holds a NUL byte" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
+
+
+def test_the_empty_filter_check_counts_the_frontends_filters():
+    # The check counts without building the filterbank; it must count what LogMel builds.
+    from model.config import FrontendConfig
+    from model.frontend import _mel_filterbank_f64, empty_mel_filters
+
+    cases = [
+        FrontendConfig(),  # the reference recipe: no empty filter
+        FrontendConfig(n_mels=400),
+        FrontendConfig(n_mels=128),
+        FrontendConfig(n_mels=128, n_fft=1024),
+        FrontendConfig(f_min=7999.9),
+        FrontendConfig(f_min=0.0, n_mels=64, n_fft=256, sample_rate=8000, f_max=4000.0),
+        FrontendConfig(sample_rate=22050, n_fft=1024, hop=256, n_mels=160, f_max=11025.0),
+    ]
+    counts = [empty_mel_filters(c) for c in cases]
+    assert counts[:5] == [0, 115, 3, 0, 79]
+    for cfg, n in zip(cases, counts, strict=True):
+        assert n == int((_mel_filterbank_f64(cfg).max(axis=1) <= 0).sum()), cfg
 
 
 def test_missing_file(tmp_path):

@@ -16,9 +16,11 @@ docs/byo.md for the folder layouts and the experiments-file syntax.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import inspect
+import io
 import json
 import os
 import re
@@ -139,7 +141,7 @@ class _Layout:
         """Rows of a metadata CSV as (line number, row); header names are stripped (and
         lower-cased when `lower`). A ".tsv" file is read tab-separated."""
         self._need_file(path)
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with io.StringIO(_utf8(path), newline="") as f:
             reader = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             raw = next(reader, [])
             header = [h.strip().lower() if lower else h.strip() for h in raw]
@@ -172,6 +174,13 @@ class _Layout:
                 f"{self.root}: task {self.name!r} found no audio clips in the {self.format} "
                 f"layout; expected {self.layout}"
             )
+        labels = {c.label for c in clips}
+        if len(labels) == 1 and not getattr(self, "unlabelled", False):
+            raise AblError(
+                f"{self.root}: every clip of task {self.name!r} is of class {labels.pop()!r}; a "
+                "labelled task needs two classes or more (add one, or declare the audio with "
+                "format: corpus to pretrain on it unlabelled)"
+            )
         seen: dict[str, str] = {}
         for c in clips:
             # Two clips that would be prepared into one file are caught before decoding.
@@ -183,6 +192,20 @@ class _Layout:
                 )
             seen[key] = c.name
         return sorted(clips, key=lambda c: c.name)
+
+
+def _utf8(path: Path) -> str:
+    """The text of a metadata file (a UTF-8 byte order mark dropped); one that is not UTF-8 is
+    an AblError naming the file and the first byte that is not."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        at = e.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        line = data[:at].count(b"\n") + 1
+        raise AblError(
+            f"{path}: not UTF-8 (byte {at}, 0x{data[at]:02x}, on line {line}); save it as UTF-8"
+        ) from None
 
 
 def _relative_name(path: Path, root: Path) -> str:
@@ -446,7 +469,7 @@ class SpeechCommandsTask(_Layout):
         split_of: dict[str, str] = {}
         for list_name, split in (("validation_list.txt", "val"), ("testing_list.txt", "test")):
             listing = self._need_file(self.root / list_name)
-            for line, entry in enumerate(listing.read_text().splitlines(), 1):
+            for line, entry in enumerate(_utf8(listing).splitlines(), 1):
                 entry = entry.strip().replace("\\", "/").removeprefix("./")
                 if entry:
                     self._audio(self.root / entry, f"{listing}:{line}")
@@ -586,7 +609,7 @@ class VoxCeleb1Task(_Layout):
         listing = self._need_file(self.root / "iden_split.txt")
         wav = self._need_dir(self.root / "wav")
         out = []
-        for line, text in enumerate(listing.read_text().splitlines(), 1):
+        for line, text in enumerate(_utf8(listing).splitlines(), 1):
             if not text.strip():
                 continue
             where = f"{listing}:{line}"

@@ -149,7 +149,13 @@ def prepare_task(
         if (final / META).is_file() and not force:
             if not (again and changed_since_prepared(name, data_root, custom)):
                 return load_task(name, data_root, custom)
-        return _prepare(name, source, data_root, log, custom)
+        try:
+            return _prepare(name, source, data_root, log, custom)
+        except BaseException:
+            # Nothing half-written stays; an earlier preparation of the task is untouched.
+            work = data_root / "tasks" / f".{name}.partial-{os.getpid()}"
+            shutil.rmtree(work, ignore_errors=True)
+            raise
 
 
 def _prepare(
@@ -188,6 +194,7 @@ def _prepare(
         pcm[rel] = _pcm_sha1(work / rel)
         digest = hashlib.sha1((work / rel).read_bytes()).hexdigest()
         decoded.append((clip, rel, round(len(wave) / PREPARED_RATE, 4), digest))
+    _check_usable(name, source, raw, decoded, skipped, skipped_files)
     # One recording under two names (a game reusing a sound) must not sit in two folds: clips
     # with the same samples join one group, whatever groups their source gave them.
     audio = {c.name: pcm[rel] for c, rel, _, _ in decoded}
@@ -244,6 +251,42 @@ def _prepare(
     if skipped:
         log(f"{name}: skipped {sum(skipped.values())} clips ({dict(skipped)}); see {final / META}")
     return load_task(name, data_root, custom)
+
+
+def _check_usable(
+    name: str,
+    source: TaskSource,
+    raw: list[RawClip],
+    decoded: list[tuple[RawClip, str, float, str]],
+    skipped: Counter[str],
+    skipped_files: list[dict[str, str]],
+) -> None:
+    """Refuse a task that preparation would leave without audio, or a labelled one left with a
+    single class (no probe can be fitted on it): an AblError naming the task, where its files
+    are and what was skipped, before anything is written."""
+    where = f"task {name!r}" + (f" ({source.root})" if hasattr(source, "root") else "")
+    names = [f["clip"] for f in skipped_files[:3]] + (["..."] if len(skipped_files) > 3 else [])
+    what = ", ".join(f"{n} {why}" for why, n in skipped.most_common())
+    if not decoded:
+        verb = "could be decoded" if set(skipped) == {"unreadable"} else "holds usable audio"
+        raise AblError(
+            f"{where}: none of its {len(raw)} files {verb} ({what}: {', '.join(names)}); fix or "
+            "remove the audio"
+        )
+    labels = {c.label for c, *_ in decoded}
+    if getattr(source, "unlabelled", False) or len(labels) > 1:
+        return
+    (label,) = labels
+    if skipped:
+        raise AblError(
+            f"{where}: only class {label!r} is left once the files that cannot be used are "
+            f"skipped ({what}: {', '.join(names)}); fix or remove the audio: a labelled task "
+            "needs two classes or more"
+        )
+    raise AblError(
+        f"{where}: every clip is of class {label!r}; a labelled task needs two classes or more "
+        "(add one, or declare the audio with format: corpus to pretrain on it unlabelled)"
+    )
 
 
 def source_stamp(source: TaskSource) -> str:

@@ -1,0 +1,164 @@
+"""Bad flags and read commands on a study that never ran: `abl export --out/--format`, every
+--port, a busy port and a failed server under `abl ui`, `abl probe` and `abl ui` before
+`abl run`. Each is one line starting `abl: error:`, exit 2 (a server that fails: non-zero),
+and nothing written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.evaluate import _check_finished
+from orchestrator.spec import load_spec
+from orchestrator.tracking import Tracker
+
+ABL = str(Path(sys.executable).with_name("abl"))
+FINISHED = Path(__file__).resolve().parent / "data" / "results-v3.db"  # study `tiny`, done
+runner = CliRunner()
+
+
+def one_line(res, *words: str) -> None:
+    assert res.exit_code == 2, res.output
+    assert res.output.count("\n") == 1 and res.output.startswith("abl: error: "), res.output
+    for w in words:
+        assert w in res.output, res.output
+
+
+def _finished(exp: Path) -> Path:
+    """The output folder of `exp` holding the results of a finished tiny study."""
+    out = load_spec(exp).output
+    out.mkdir(parents=True)
+    shutil.copy(FINISHED, out / "results.db")
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--out", "{tmp}"], ["--out {tmp} is a folder", "--out {tmp}/results.csv"]),
+        (["--out", "{tmp}/t.parquet", "--format", "csv"], ["t.parquet", "--format is csv"]),
+        (["--out", "{tmp}/t.csv", "--format", "parquet"], ["t.csv", "--format is parquet"]),
+        (["--out", "{tmp}/t.xlsx"], ["--out {tmp}/t.xlsx: name a .csv or .parquet file"]),
+        (["--out", "{tmp}/t.xlsx", "--format", "csv"], ["--out {tmp}/t.xlsx: name a .csv"]),
+        (["--out", "{tmp}/t"], ["--out {tmp}/t: name a .csv or .parquet file"]),
+        (["--format", "xlsx"], ["--format 'xlsx': use csv or parquet"]),
+    ],
+)
+def test_export_refuses_a_folder_or_a_suffix_it_would_not_write(
+    tmp_path, tiny_experiments, args, words
+):
+    exp = tiny_experiments()
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    res = runner.invoke(app, ["export", str(exp), *args])
+    one_line(res, *(w.replace("{tmp}", str(tmp_path)) for w in words))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments.yaml"]  # nothing written
+
+
+def test_export_writes_the_format_its_suffix_names(tmp_path, tiny_experiments):
+    exp = tiny_experiments()
+    _finished(exp)
+    for name, fmt in (("t.parquet", []), ("t.PARQUET", []), ("t.csv", []), ("t", ["--format"])):
+        target = tmp_path / name
+        flags = [*fmt, "parquet"] if fmt else []
+        res = runner.invoke(app, ["export", str(exp), "--out", str(target), *flags])
+        assert res.exit_code == 0 and f"-> {target}" in res.output, res.output
+        read = pd.read_csv if name.endswith(".csv") else pd.read_parquet
+        table = read(target)
+        assert len(table) > 0 and list(table.columns[:3]) == ["study", "key", "seed"]
+    assert (tmp_path / "t.parquet").read_bytes()[:4] == b"PAR1"
+
+
+@pytest.mark.parametrize("command", ["ui", "dashboard"])
+@pytest.mark.parametrize("port", ["-5", "0", "65536", "99999"])
+def test_every_port_flag_takes_1_to_65535_only(tmp_path, command, port):
+    # Checked while the arguments are parsed: the experiments file is not even read.
+    res = runner.invoke(app, [command, str(tmp_path / "missing.yaml"), "--port", port])
+    one_line(res, f"--port {port}: choose a port from 1 to 65535")
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def _tracked(exp: Path) -> None:
+    """The study's MLflow experiment, as `abl run` creates it."""
+    spec = load_spec(exp)
+    spec.output.mkdir(parents=True, exist_ok=True)
+    Tracker(spec.mlflow_uri, spec.study, spec.output / "mlartifacts")
+
+
+def test_ui_refuses_a_busy_port_before_it_starts_mlflow(tiny_experiments):
+    exp = tiny_experiments()
+    _tracked(exp)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = runner.invoke(app, ["ui", str(exp), "--port", str(port)])
+    one_line(res, f"--host 127.0.0.1 --port {port}: cannot listen there", "Address already")
+    assert "MLflow UI:" not in res.output
+
+
+def test_ui_exits_non_zero_when_the_mlflow_server_fails(tiny_experiments):
+    """`mlflow ui` exits 0 when its server fails to start (here: a loop uvicorn cannot load,
+    from uvicorn's own environment variable); `abl ui` does not."""
+    exp = tiny_experiments()
+    _tracked(exp)
+    res = subprocess.run(
+        [ABL, "ui", str(exp), "--port", str(_free_port())],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "UVICORN_LOOP": "nonexistent"},
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode != 0, res.stderr
+    assert res.stderr.splitlines()[-1] == (
+        "abl: error: the MLflow UI stopped; its messages above say why"
+    ), res.stderr[-2000:]
+
+
+def test_ui_on_a_study_that_never_ran_creates_nothing(tmp_path, tiny_experiments):
+    exp = tiny_experiments()
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["ui", str(exp), "--port", str(_free_port())])
+    one_line(
+        res,
+        f"{exp}: study tiny has no MLflow runs yet ({out / 'mlflow.db'} does not exist)",
+        f"run `abl run {exp}` first",
+    )
+    assert not out.exists()
+    # A store that holds other studies only: this one is not in it.
+    _tracked(exp)
+    other = tmp_path / "other.yaml"
+    other.write_text(exp.read_text().replace("study: tiny", "study: other", 1))
+    res = runner.invoke(app, ["ui", str(other), "--port", str(_free_port())])
+    one_line(res, "study other is not in the MLflow store", f"run `abl run {other}` first")
+
+
+def test_probe_on_a_study_that_never_ran_creates_nothing(tmp_path, tiny_experiments):
+    exp = tiny_experiments()
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["probe", str(exp), "--task", "env-sfx"])
+    one_line(res, f"{exp}: study 'tiny' has no finished trials in {out}; run `abl run {exp}` first")
+    assert not out.exists()
+    # A results database without a finished trial of this study: refused the same way.
+    _finished(exp)
+    other = tmp_path / "other.yaml"
+    other.write_text(exp.read_text().replace("study: tiny", "study: other", 1))
+    res = runner.invoke(app, ["probe", str(other), "--task", "env-sfx"])
+    one_line(res, "study 'other' has no finished trials in", f"run `abl run {other}` first")
+    assert sorted(p.name for p in out.iterdir()) == ["results.db"]
+    _check_finished(load_spec(exp))  # the finished study passes
