@@ -82,6 +82,24 @@ def _reach_results(spec) -> None:  # noqa: ANN001
     check_storage(spec, ("results",))
 
 
+def _never_ran(spec) -> bool:  # noqa: ANN001
+    """True when the study's results database is a SQLite file that does not exist yet (no
+    `abl run` has written it): read commands must not create it."""
+    from sqlalchemy.engine import make_url
+
+    url = spec.results_url
+    return url.startswith("sqlite") and not Path(make_url(url).database or "").is_file()
+
+
+def _require_results(spec, experiments: Path) -> None:  # noqa: ANN001
+    """An AblError naming the file when the study never ran (nothing is created)."""
+    if _never_ran(spec):
+        raise AblError(
+            f"{experiments}: study {spec.study} has no results yet; "
+            f"run `abl run {experiments}` first"
+        )
+
+
 @app.command()
 def run(
     experiments: Experiments = Path("experiments.yaml"),
@@ -151,6 +169,27 @@ def run(
             qos=qos,
             extra=tuple(sbatch or ()),
         )
+        slurm_only = {
+            "--partition": partition,
+            "--gpus-per-trial": gpus_per_trial,
+            "--cpus-per-trial": cpus_per_trial,
+            "--mem": mem,
+            "--time-min": time_min,
+            "--max-parallel": max_parallel,
+            "--account": account,
+            "--qos": qos,
+            "--sbatch": sbatch or None,
+            "--wait": wait or None,
+        }
+        given = [flag for flag, value in slurm_only.items() if value is not None]
+        if given and spec.launcher.name != "slurm":
+            one = len(given) == 1
+            raise AblError(
+                f"{' '.join(given)}: {'a slurm flag' if one else 'slurm flags'}, but study "
+                f"{spec.study} runs with the {spec.launcher.name} launcher; add --launcher "
+                f"slurm (or launcher.name: slurm in {experiments}), or drop "
+                f"{'it' if one else 'them'}"
+            )
         trials = expand(spec)
         if not dry_run:
             check_size(spec, len(trials), yes)
@@ -382,14 +421,8 @@ def report(
 
     with user_errors():
         spec = load_spec(experiments, output)
+        _require_results(spec, experiments)
         _reach_results(spec)
-        if not Path(
-            spec.results_url.removeprefix("sqlite:///")
-        ).exists() and spec.results_url.startswith("sqlite"):
-            raise AblError(
-                f"{experiments}: study {spec.study} has no results yet; "
-                f"run `abl run {experiments}` first"
-            )
         if axis is None:
             axes = None  # every axis
         elif spec.design == "list":
@@ -412,11 +445,17 @@ def status(experiments: Experiments = Path("experiments.yaml"), output: Output =
 
     with user_errors():
         spec = load_spec(experiments, output)
+        total = len(expand(spec))
+        if _never_ran(spec):  # every trial pending; nothing is created
+            _say(
+                f"study {spec.study}: {total} trials: 0 done, 0 running, 0 failed, {total} "
+                f"pending (not started: `abl run {experiments}`)"
+            )
+            return
         _reach_results(spec)
         engine = make_engine(spec.results_url)
         init_db(engine)
         counts = queries.status_counts(engine, spec.study)
-        total = len(expand(spec))
         pruned = counts.get("pruned", 0)
         pending = max(0, total - counts["done"] - counts["running"] - pruned)
         mean = queries.mean_trial_seconds(engine, spec.study)
@@ -487,6 +526,7 @@ def export(
     with user_errors():
         fmt = _export_format(fmt, out)
         spec = load_spec(experiments, output)
+        _require_results(spec, experiments)
         _reach_results(spec)
         engine = make_engine(spec.results_url)
         init_db(engine)
@@ -808,6 +848,7 @@ def export_best(
 
     with user_errors():
         spec = load_spec(experiments, output)
+        _require_results(spec, experiments)
         _reach_results(spec)
         b = run_export(spec, out)
     tests = ", ".join(f"{t} {v:.3f}" for t, v in b.test_accuracy.items())

@@ -319,11 +319,22 @@ def build_dataclass(cls: type, data: Any, where: str, source: str) -> Any:
         hint = hints[key]
         if cls is DataConfig and key == "tasks":
             kwargs[key] = _parse_task_defs(value, f"{where}.{key}", source)
+        elif cls is DataConfig and key == "cache" and value is not None:
+            kwargs[key] = _cache_folder(_coerce(value, hint, f"{where}.{key}", source), source)
         elif dataclasses.is_dataclass(hint):
             kwargs[key] = build_dataclass(hint, value, f"{where}.{key}", source)
         else:
             kwargs[key] = _coerce(value, hint, f"{where}.{key}", source)
     return cls(**kwargs)
+
+
+def _cache_folder(value: str, source: str) -> str:
+    """`data.cache` as a path: `~` expanded, a relative one taken from the experiments file's
+    folder (as `output` and task roots), whatever folder abl is started from."""
+    if "\0" in value:
+        raise AblError(f"{source}: data.cache = {value!r} holds a NUL byte, which no path can")
+    folder = Path(value).expanduser()
+    return str(folder if folder.is_absolute() else Path(source).parent / folder)
 
 
 def _parse_task_defs(raw: Any, where: str, source: str) -> tuple[TaskDef, ...]:

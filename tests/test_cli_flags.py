@@ -162,3 +162,36 @@ def test_probe_on_a_study_that_never_ran_creates_nothing(tmp_path, tiny_experime
     one_line(res, "study 'other' has no finished trials in", f"run `abl run {other}` first")
     assert sorted(p.name for p in out.iterdir()) == ["results.db"]
     _check_finished(load_spec(exp))  # the finished study passes
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["no-output", "empty-output"])
+def test_reading_a_study_that_never_ran_creates_nothing(tmp_path, tiny_experiments, made):
+    """export, export-best and report refuse in one line; status says every trial is pending.
+    None of them creates the results database (export wrote a header-only CSV before)."""
+    exp = tiny_experiments()
+    out = tmp_path / "out"
+    if made:
+        out.mkdir()
+    for command in ("export", "export-best", "report"):
+        res = runner.invoke(app, [command, str(exp)])
+        one_line(res, f"{exp}: study tiny has no results yet; run `abl run {exp}` first")
+    res = runner.invoke(app, ["status", str(exp)])
+    assert res.exit_code == 0, res.output
+    assert "0 done, 0 running, 0 failed" in res.output and "pending (not started" in res.output
+    assert (sorted(out.iterdir()) == []) if made else not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--mem", "16G"], ["--mem: a slurm flag", "local launcher", "drop it"]),
+        (["--wait", "--qos", "high"], ["--qos --wait: slurm flags", "drop them"]),
+        (["--sbatch", "constraint=a100"], ["--sbatch: a slurm flag", "--launcher slurm"]),
+    ],
+)
+def test_slurm_flags_on_a_local_study_are_refused(tmp_path, tiny_experiments, flags, words):
+    """They used to be ignored silently: the study ran on this machine's cores instead."""
+    exp = tiny_experiments()
+    res = runner.invoke(app, ["run", str(exp), *flags])
+    one_line(res, *words)
+    assert not (tmp_path / "out").exists()

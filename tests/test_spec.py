@@ -415,6 +415,18 @@ def test_output_under_the_home_folder(tmp_path, monkeypatch):
     assert load_spec(path).output == tmp_path / "home" / "abl-out"
 
 
+def test_a_relative_data_cache_is_beside_the_experiments_file(tmp_path, monkeypatch):
+    # As `output` and task roots, wherever abl is started from; `~` is the home folder.
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    path = write(tmp_path, lambda s: s["baseline"]["data"].update(cache="cache"))
+    assert Path(load_spec(path).baseline.data.cache) == tmp_path / "cache"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write(tmp_path, lambda s: s["baseline"]["data"].update(cache="~/c"))
+    assert Path(load_spec(path).baseline.data.cache) == tmp_path / "home" / "c"
+
+
 def test_output_with_a_nul_byte_is_one_line(tmp_path):
     path = write(tmp_path, lambda s: s.update(output="abl\0out"))
     result = runner.invoke(app, ["run", "-j", "1", str(path)])
