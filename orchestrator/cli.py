@@ -288,8 +288,10 @@ def run(
 
         _say(f"results: {mask_url(spec.results_url)}")
         _say(f"mlflow:  {mask_url(spec.mlflow_uri)}")
-        _say(f"browse:  abl ui {experiments}   (MLflow UI on http://127.0.0.1:5000)")
-        _say(f"         abl dashboard {experiments}   (Optuna dashboard on http://127.0.0.1:8080)")
+        # The same study as this run: its --output too, where one was given.
+        target = f"{experiments}" + (f" -o {output}" if output is not None else "")
+        _say(f"browse:  abl ui {target}   (MLflow UI on http://127.0.0.1:5000)")
+        _say(f"         abl dashboard {target}   (Optuna dashboard on http://127.0.0.1:8080)")
 
 
 @app.command()
