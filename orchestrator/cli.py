@@ -82,18 +82,11 @@ def _reach_results(spec) -> None:  # noqa: ANN001
     check_storage(spec, ("results",))
 
 
-def _never_ran(spec) -> bool:  # noqa: ANN001
-    """True when the study's results database is a SQLite file that does not exist yet (no
-    `abl run` has written it): read commands must not create it."""
-    from sqlalchemy.engine import make_url
-
-    url = spec.results_url
-    return url.startswith("sqlite") and not Path(make_url(url).database or "").is_file()
-
-
 def _require_results(spec, experiments: Path) -> None:  # noqa: ANN001
     """An AblError naming the file when the study never ran (nothing is created)."""
-    if _never_ran(spec):
+    from orchestrator.prepare import never_ran
+
+    if never_ran(spec):
         raise AblError(
             f"{experiments}: study {spec.study} has no results yet; "
             f"run `abl run {experiments}` first"
@@ -448,7 +441,9 @@ def status(experiments: Experiments = Path("experiments.yaml"), output: Output =
     with user_errors():
         spec = load_spec(experiments, output)
         total = len(expand(spec))
-        if _never_ran(spec):  # every trial pending; nothing is created
+        from orchestrator.prepare import never_ran
+
+        if never_ran(spec):  # every trial pending; nothing is created
             _say(
                 f"study {spec.study}: {total} trials: 0 done, 0 running, 0 failed, {total} "
                 f"pending (not started: `abl run {experiments}`)"

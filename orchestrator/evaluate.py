@@ -65,10 +65,9 @@ def _check_finished(spec: StudySpec) -> None:
     """A study with no finished trial is an AblError naming the file, before anything is
     created: probing it would score its references alone, in a new output folder."""
     from sqlalchemy import inspect
-    from sqlalchemy.engine import make_url
 
     from db.engine import init_db, make_engine, mask_url
-    from orchestrator.prepare import check_storage
+    from orchestrator.prepare import check_storage, never_ran
 
     url = spec.results_url
     where = spec.output if spec.storage.results is None else mask_url(url)
@@ -76,7 +75,7 @@ def _check_finished(spec: StudySpec) -> None:
         f"{spec.source}: study {spec.study!r} has no finished trials in {where}; run "
         f"`abl run {spec.source}` first"
     )
-    if url.startswith("sqlite") and not Path(make_url(url).database or "").is_file():
+    if never_ran(spec):
         raise none
     check_storage(spec, ("results",))  # a server that does not answer: one line, at once
     engine = make_engine(url)

@@ -276,6 +276,15 @@ def check_data(spec: StudySpec, data_root: Path) -> tuple[list[str], list[str]]:
     return missing, changed
 
 
+def never_ran(spec: StudySpec) -> bool:
+    """True when the study's results database is a SQLite file that does not exist yet (no
+    `abl run` has written it): commands that only read results must not create it."""
+    from sqlalchemy.engine import make_url
+
+    url = spec.results_url
+    return url.startswith("sqlite") and not Path(make_url(url).database or "").is_file()
+
+
 def check_probes(spec: StudySpec, data_root: Path) -> None:
     """Every prepared probe task holds what the probes of the study's recipes need: under
     `probe.protocol: cv`, `probe.folds` groups of clips (under `data.max_clips_per_class`);
@@ -305,10 +314,10 @@ def check_probes(spec: StudySpec, data_root: Path) -> None:
         groups = len({c.group for c in clips})
         most = max(Counter(c.label for c in clips).values())
         # What `model.probe.cv_folds` needs: a group per fold, and a class with a clip in each.
-        if min(groups, most) >= folds:
+        fits = min(groups, most)
+        if fits >= folds:
             continue
         under = f" under data.max_clips_per_class = {limit}" if limit else ""
-        fits = min(groups, most)
         fixes = [f"lower probe.folds to {fits}"] if fits >= 3 else ["give it more audio"]
         fixes += ["raise data.max_clips_per_class"] if limit else []
         has = (

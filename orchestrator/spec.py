@@ -12,6 +12,7 @@ import functools
 import itertools
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -994,8 +995,6 @@ def _sqlite_file(url: str) -> str | None:
     """The file a SQLite URL opens, with symlinks, `..` and a relative path (SQLite opens it
     from the working folder) resolved, so one file spelled two ways compares equal; None for
     other URLs, in-memory SQLite and SQLite URI filenames (`?uri=true`)."""
-    import os
-
     from sqlalchemy.engine import make_url
 
     try:

@@ -153,8 +153,7 @@ def prepare_task(
             return _prepare(name, source, data_root, log, custom)
         except BaseException:
             # Nothing half-written stays; an earlier preparation of the task is untouched.
-            work = data_root / "tasks" / f".{name}.partial-{os.getpid()}"
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(_work_folder(data_root, name), ignore_errors=True)
             raise
 
 
@@ -170,7 +169,7 @@ def _prepare(
     raw = source.clips()
     if not raw:
         raise AblError(f"task {name!r}: its source lists no audio; reinstall {source.packages}")
-    work = data_root / "tasks" / f".{name}.partial-{os.getpid()}"
+    work = _work_folder(data_root, name)
     shutil.rmtree(work, ignore_errors=True)
     (work / "audio").mkdir(parents=True)
     decoded: list[tuple[RawClip, str, float, str]] = []  # clip, file, seconds, FLAC sha1
@@ -251,6 +250,11 @@ def _prepare(
     if skipped:
         log(f"{name}: skipped {sum(skipped.values())} clips ({dict(skipped)}); see {final / META}")
     return load_task(name, data_root, custom)
+
+
+def _work_folder(data_root: Path, name: str) -> Path:
+    """Where this process prepares a task before renaming it into place."""
+    return data_root / "tasks" / f".{name}.partial-{os.getpid()}"
 
 
 def _check_usable(
