@@ -443,7 +443,7 @@ class SlurmWorker:
             reap_lost(st)
             st.ledger.sync(trials, self.spec.max_attempts)  # released trials wait again
             if ours(TrialState.WAITING):
-                r, f = work(st, trials, say)
+                r, f = work(st, trials, say, workers=self.workers)
                 ran, failed = ran + r, failed + f
                 continue
             if not ours(TrialState.RUNNING):

@@ -32,11 +32,22 @@ class RunSummary:
     seconds: float
 
 
-def work(st: Study, trials: list[TrialSpec], log: Log, name: str = "") -> tuple[int, int]:
+def time_left(per_trial_s: float, waiting: int, workers: int) -> str:
+    """The time a worker has left: the trial it starts and its part of those waiting, which
+    `workers` workers share."""
+    share = 1 + waiting / max(1, workers)
+    return f"about {per_trial_s * share / 60:.0f} min left for this worker's share"
+
+
+def work(
+    st: Study, trials: list[TrialSpec], log: Log, name: str = "", workers: int = 1
+) -> tuple[int, int]:
     """Claim and run trials of `trials` until none is waiting; returns (finished, failed).
 
     Each claimed trial beats a heartbeat while it runs; before each claim, trials of workers
-    that stopped beating are failed, so the ledger hands them out again."""
+    that stopped beating are failed, so the ledger hands them out again. `workers`: how many
+    share the queue, for the time left of this worker's share (its trial and 1/workers of
+    those waiting)."""
     by_key = {t.key: t for t in trials}
     ran = failed = 0
     t_start = time.perf_counter()
@@ -53,7 +64,7 @@ def work(st: Study, trials: list[TrialSpec], log: Log, name: str = "") -> tuple[
         eta = ""
         if ran + failed:
             per = (time.perf_counter() - t_start) / (ran + failed)
-            eta = f", about {per * (waiting + 1) / 60:.0f} min left for this worker's share"
+            eta = ", " + time_left(per, waiting, workers)
         log(
             f"{name}[{ran + failed + 1}] {trial.label} (key {trial.key[:10]}; "
             f"{waiting} more waiting{eta})"
@@ -96,7 +107,7 @@ def _worker_process(
     try:
         st = open_study(spec)
         run_references(st, lambda m: say(name + m.strip()), (index, jobs))
-        ran, failed = work(st, expand(spec), say, name)
+        ran, failed = work(st, expand(spec), say, name, workers=jobs)
         queue.put((ran, failed))
     except (KeyboardInterrupt, SystemExit):
         stop_handled()

@@ -156,7 +156,7 @@ BAD = {
         ["baseline.predictor.width = 3145728", "past 8192"],
     ),
     "warmup longer than training": (
-        lambda s: s["baseline"]["train"].update(warmup_steps=561),
+        lambda s: s["baseline"]["train"].update(steps=560, warmup_steps=561),
         ["baseline.train.warmup_steps = 561", "train.steps = 560"],
     ),
     "batch a typo": (
@@ -164,7 +164,10 @@ BAD = {
         ["baseline.train.batch_size = 1000000000000", "past 65536"],
     ),
     "masks per crop a typo": (
-        lambda s: s["baseline"]["mask"].update(per_crop=10**9),
+        lambda s: (
+            s["baseline"]["mask"].update(per_crop=10**9),
+            s["baseline"]["train"].update(batch_size=32),
+        ),
         ["baseline.mask.per_crop = 1000000000", "32000000000 samples a step", "past 65536"],
     ),
     "unknown strategy in axis": (

@@ -373,3 +373,13 @@ def test_a_worker_stopped_before_its_heartbeat_thread_is_reaped(tmp_path, tiny_e
     exp = tiny_experiments(axes=_axes(["time"]))
     key = _claim_and_stop(exp, beat=False)
     _run_reaps(exp, tmp_path / "out", key)
+
+
+def test_time_left_counts_this_workers_part_of_the_queue():
+    """Two workers share six waiting trials: each has its own trial and three more left, not
+    all seven (the log line said twice the real time)."""
+    from orchestrator.workers import time_left
+
+    assert time_left(300.0, 6, 2) == "about 20 min left for this worker's share"
+    assert time_left(300.0, 6, 1) == "about 35 min left for this worker's share"
+    assert time_left(300.0, 0, 2) == "about 5 min left for this worker's share"
