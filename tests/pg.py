@@ -37,7 +37,7 @@ unix_socket_directories = '{sockets}'
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-max_connections = 50
+max_connections = 100
 shared_buffers = 32MB
 """
 
