@@ -321,7 +321,8 @@ def build_dataclass(cls: type, data: Any, where: str, source: str) -> Any:
         if cls is DataConfig and key == "tasks":
             kwargs[key] = _parse_task_defs(value, f"{where}.{key}", source)
         elif cls is DataConfig and key == "cache" and value is not None:
-            kwargs[key] = _cache_folder(_coerce(value, hint, f"{where}.{key}", source), source)
+            cache = _coerce(value, hint, f"{where}.{key}", source)
+            kwargs[key] = str(_folder_beside(cache, "data.cache", source))
         elif dataclasses.is_dataclass(hint):
             kwargs[key] = build_dataclass(hint, value, f"{where}.{key}", source)
         else:
@@ -329,13 +330,21 @@ def build_dataclass(cls: type, data: Any, where: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-def _cache_folder(value: str, source: str) -> str:
-    """`data.cache` as a path: `~` expanded, a relative one taken from the experiments file's
-    folder (as `output` and task roots), whatever folder abl is started from."""
-    if "\0" in value:
-        raise AblError(f"{source}: data.cache = {value!r} holds a NUL byte, which no path can")
-    folder = Path(value).expanduser()
-    return str(folder if folder.is_absolute() else Path(source).parent / folder)
+def _folder_beside(value: str | Path, key: str, source: str) -> Path:
+    """A folder setting (`output`, `data.cache`) as a path: `~` expanded, a relative one taken
+    from the experiments file's folder, whatever folder abl is started from."""
+    if "\0" in str(value):
+        raise AblError(
+            f"{source}: {key} = {str(value)!r} holds a NUL byte, which no path can; write the "
+            "folder path without it"
+        )
+    try:
+        folder = Path(value).expanduser()
+    except RuntimeError:
+        raise AblError(
+            f"{source}: {key} = {value}: the home folder of its `~` is unknown; write the full path"
+        ) from None
+    return folder if folder.is_absolute() else Path(source).parent / folder
 
 
 def _parse_task_defs(raw: Any, where: str, source: str) -> tuple[TaskDef, ...]:
@@ -1181,21 +1190,7 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
     out = output if output is not None else raw.get("output", "abl-out")
     if not isinstance(out, str | Path):
         raise AblError(f"{source}: output must be a folder path")
-    key = "output" if output is None else "--output"
-    if "\0" in str(out):
-        raise AblError(
-            f"{source}: {key} = {str(out)!r} holds a NUL byte, which no path can; write the "
-            "folder path without it"
-        )
-    try:
-        out_path = Path(out).expanduser()  # `~/abl-out`, as data.cache and task roots
-    except RuntimeError:
-        raise AblError(
-            f"{source}: {key} = {out}: the home folder of its `~` is unknown; write the full path"
-        ) from None
-    if not out_path.is_absolute():
-        # Relative outputs live beside the experiments file, wherever abl is started from.
-        out_path = p.parent / out_path
+    out_path = _folder_beside(out, "output" if output is None else "--output", source)
     return StudySpec(
         source=source,
         study=study,
