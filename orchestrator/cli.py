@@ -701,26 +701,26 @@ def data_prepare(
     force: Annotated[bool, typer.Option(help="Rebuild even when prepared.")] = False,
     data: DataRoot = None,
     experiments: ExperimentsOpt = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="Tasks prepared at once, each in its own process. Default: one per core.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Decode, split and cache the real-audio tasks (idempotent; seconds when done). A task
     whose files changed since it was prepared is prepared again."""
-    from model.data.datasets import (
-        CHANGED,
-        TASKS,
-        changed_since_prepared,
-        load_task,
-        prepare_task,
-        write_corpus_manifest,
-    )
+    from model.data.datasets import TASKS, load_task, write_corpus_manifest
 
     with user_errors():
+        if jobs is not None and jobs < 1:
+            raise AblError(f"--jobs {jobs}: prepare with 1 or more processes")
         root, custom, corpus = _data_context(data, experiments)
-        for name in task or [*sorted(TASKS), *(t.name for t in custom)]:
-            again = not force and changed_since_prepared(name, root, custom)
-            if again:
-                _say(f"{name}: {CHANGED}; preparing it again")
-            t = prepare_task(name, root, force=force, log=_say, custom=custom, again=again)
-            _say(f"{name}: {len(t.clips)} clips ready in {t.root}")
+        names = list(dict.fromkeys(task or [*sorted(TASKS), *(t.name for t in custom)]))
+        _prepare_tasks(names, root, custom, force, jobs or os.cpu_count() or 1)
         if corpus and all((root / "tasks" / n / "task.json").is_file() for n in corpus):
             tasks = [load_task(n, root, custom) for n in corpus]
             hours = write_corpus_manifest(tasks, root / "corpus.csv")
@@ -728,6 +728,67 @@ def data_prepare(
                 f"pretraining corpus: {hours:.2f} h from {', '.join(corpus)} "
                 f"(train splits only), listed in {root / 'corpus.csv'}"
             )
+
+
+_PREPARE_LOG = None  # in a preparing worker process: the queue its progress lines go to
+
+
+def _prepare_one(name: str, root: Path, custom: tuple, force: bool) -> None:
+    """One task of `abl data prepare`, in this process or in a pool's worker (whose lines go
+    to the parent through `_PREPARE_LOG`, so they reach wherever its own output goes)."""
+    from model.data.datasets import CHANGED, changed_since_prepared, prepare_task
+
+    say = _say if _PREPARE_LOG is None else _PREPARE_LOG.put
+    again = not force and changed_since_prepared(name, root, custom)
+    if again:
+        say(f"{name}: {CHANGED}; preparing it again")
+    t = prepare_task(name, root, force=force, log=say, custom=custom, again=again)
+    say(f"{name}: {len(t.clips)} clips ready in {t.root}")
+
+
+def _log_to(q) -> None:  # noqa: ANN001
+    global _PREPARE_LOG
+    _PREPARE_LOG = q
+
+
+def _prepare_tasks(names: list[str], root: Path, custom: tuple, force: bool, jobs: int) -> None:
+    """Prepare `names`, up to `jobs` at a time in worker processes (decoding and resampling
+    run on one core each). The first error stops the tasks not yet started; those running
+    finish (or clean up after themselves), then it is raised. Each task takes its own lock,
+    so this is as safe beside another `abl` as the one-at-a-time loop."""
+    if jobs == 1 or len(names) == 1:
+        for name in names:
+            _prepare_one(name, root, custom, force)
+        return
+    import multiprocessing
+    import queue
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("fork")  # quick to start; the parent runs no threads
+    lines = ctx.Queue()
+
+    def relay() -> None:
+        while True:
+            try:
+                _say(lines.get(timeout=0.2))
+            except queue.Empty:
+                return
+
+    with ProcessPoolExecutor(
+        min(jobs, len(names)), mp_context=ctx, initializer=_log_to, initargs=(lines,)
+    ) as pool:
+        futures = [pool.submit(_prepare_one, n, root, custom, force) for n in names]
+        failed = None
+        while not all(f.done() for f in futures):
+            relay()
+            failed = failed or next((f for f in futures if f.done() and f.exception()), None)
+            if failed is not None:
+                for f in futures:
+                    f.cancel()  # not started yet: never started
+        relay()
+    for f in futures:
+        if not f.cancelled() and f.exception() is not None:
+            raise f.exception()
 
 
 @data_app.command("list")

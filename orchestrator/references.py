@@ -17,21 +17,28 @@ from orchestrator.spec import with_value
 from orchestrator.study import Log, Study
 
 
+def reference_jobs(seeds: tuple[int, ...], part: int, parts: int) -> list[tuple[int, str]]:
+    """The references worker `part` of `parts` runs: every parts-th seed's random-init encoder
+    from its own index, and the log-mel statistics (seed -1) on the first worker left with
+    one seed fewer (the first, when the seeds split evenly). Across the parts, each reference
+    once, and no worker more than one ahead of another."""
+    jobs = [(seed, "random-init") for seed in seeds[part::parts]]
+    if part == len(seeds) % parts:
+        jobs.append((-1, "logmel-stats"))
+    return jobs
+
+
 def run_references(st: Study, log: Log, share: tuple[int, int] = (0, 1)) -> None:
     """The references of a study: a random-init encoder of the baseline's shape per seed, and
     log-mel statistics once (they have no seed: recorded with seed -1). `share` (i, n): the
-    i-th of n workers runs every n-th seed's random-init encoder, and the first worker the
-    log-mel statistics, so local workers split them and none runs twice."""
+    i-th of n workers runs its `reference_jobs`, so local workers split them evenly and none
+    runs twice."""
     recipe = st.spec.baseline
     norm = st.bank.normalizer(recipe)
     have = queries.probed_tasks(st.engine, st.spec.study)
     contents = study_contents(st.spec)
     data = {n: contents[n] for n in (*recipe.data.corpus, *recipe.probe.tasks) if n in contents}
-    part, parts = share
-    jobs = [(seed, "random-init") for seed in st.spec.seeds[part::parts]]
-    if part == 0:
-        jobs.append((-1, "logmel-stats"))
-    for seed, name in jobs:
+    for seed, name in reference_jobs(st.spec.seeds, *share):
         key = "ref-" + trial_key(recipe, seed, contents)[:12] + "-" + name
         missing = missing_tasks(recipe, have.get(key), contents)
         if not missing:

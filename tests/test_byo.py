@@ -584,3 +584,36 @@ def test_copies_of_one_recording_share_a_group_and_so_a_fold(
     assert split["dog_howl"] == split["dog_dog-a"] and split["cat_mew"] == split["cat_cat-d"]
     assert len(set(group.values())) == 8
     assert task.meta["copies_joined"] == 2
+
+
+def test_data_prepare_runs_tasks_side_by_side_and_names_the_one_that_fails(tmp_path: Path):
+    """`abl data prepare -j 2`: tasks prepared in worker processes, each one whole; a task that
+    cannot be prepared is one line naming it, and leaves nothing half-written."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    make_esc50(tmp_path / "one")
+    make_esc50(tmp_path / "two")
+    bad = make_esc50(tmp_path / "bad")
+    (bad / "meta" / "esc50.csv").write_text("filename,fold\n")  # a header and no clips
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments.yaml").read_text())
+    spec["baseline"]["data"]["tasks"] = {
+        n: {"format": "esc50", "root": n} for n in ("one", "two", "bad")
+    }
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(spec))
+    data = tmp_path / "data"
+    args = ["data", "prepare", "-e", str(exp), "--data", str(data), "-j", "2"]
+    ok = CliRunner().invoke(app, [*args, "--task", "one", "--task", "two"])
+    assert ok.exit_code == 0, ok.output
+    for n in ("one", "two"):
+        assert f"{n}: 15 clips ready" in ok.output
+        assert (data / "tasks" / n / "task.json").is_file()
+    res = CliRunner().invoke(app, [*args, "--task", "bad", "--task", "one"])
+    assert res.exit_code == 2, res.output
+    (line,) = [x for x in res.output.splitlines() if x.startswith("abl: error")]
+    assert "bad" in line
+    assert not (data / "tasks" / "bad").exists()
+    assert (data / "tasks" / "one" / "task.json").is_file()  # prepared before: untouched

@@ -29,9 +29,9 @@ def write(tmp_path: Path, mutate) -> Path:
 def test_default_file_is_valid():
     spec = load_spec(ROOT / "experiments.yaml")
     assert spec.study == "masking"
-    assert spec.design == "ofat" and spec.seeds == (0, 1, 2)
+    assert spec.design == "ofat" and spec.seeds == (0, 1, 2, 3, 4)
     assert [a.name for a in spec.axes] == ["masking"]
-    assert spec.axis("mask.strategy").values == ("unstructured", "time", "frequency")
+    assert spec.axis("mask.strategy").values == ("unstructured", "time")
     assert spec.baseline.probe.protocol == "cv" and spec.baseline.data.sampling == "source"
     corpus = ("corpus-0ad", "corpus-wesnoth", "corpus-speech", "corpus-sfx", "corpus-words")
     assert spec.baseline.data.corpus == corpus

@@ -33,6 +33,20 @@ def _axes(values):
     return {"masking": {"path": "mask.strategy", "values": values}}
 
 
+@pytest.mark.parametrize("seeds", [1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_references_split_evenly_and_each_runs_once(seeds, parts):
+    from orchestrator.references import reference_jobs
+
+    shares = [reference_jobs(tuple(range(seeds)), i, parts) for i in range(parts)]
+    every = [job for share in shares for job in share]
+    assert sorted(every) == sorted(
+        [(-1, "logmel-stats"), *((s, "random-init") for s in range(seeds))]
+    )
+    sizes = [len(share) for share in shares]
+    assert max(sizes) - min(sizes) <= 1, shares
+
+
 def test_two_local_workers_finish_every_key_exactly_once(tmp_path, tiny_experiments):
     exp = tiny_experiments(axes=_axes(["unstructured", "time", "frequency", "multiblock"]))
     out = tmp_path / "out"
@@ -70,12 +84,7 @@ def _running(out) -> bool:
 def test_ctrl_c_releases_the_trial_without_using_an_attempt(tmp_path, tiny_experiments):
     exp = tiny_experiments(axes=_axes(["time"]), max_attempts=1)
     out = tmp_path / "out"
-    import yaml
-
-    spec = yaml.safe_load(exp.read_text())
-    # Long enough that the run cannot finish between seeing a trial run and the Ctrl-C.
-    spec["baseline"]["train"].update(steps=2000, checkpoint_every=5, eval_every=0)
-    exp.write_text(yaml.safe_dump(spec))
+    _long(exp, 400)  # the run cannot finish between seeing a trial run and the Ctrl-C
     # A shell that starts the tests in the background ignores SIGINT, and a child inherits
     # that; restore the default so `abl` gets Ctrl-C the way a terminal delivers it.
     w = subprocess.Popen(
