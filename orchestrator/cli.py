@@ -779,12 +779,17 @@ def _prepare_tasks(names: list[str], root: Path, custom: tuple, force: bool, job
     ) as pool:
         futures = [pool.submit(_prepare_one, n, root, custom, force) for n in names]
         failed = None
-        while not all(f.done() for f in futures):
-            relay()
-            failed = failed or next((f for f in futures if f.done() and f.exception()), None)
-            if failed is not None:
-                for f in futures:
-                    f.cancel()  # not started yet: never started
+        try:
+            while not all(f.done() for f in futures):
+                relay()
+                failed = failed or next((f for f in futures if f.done() and f.exception()), None)
+                if failed is not None:
+                    for f in futures:
+                        f.cancel()  # not started yet: never started
+        except BaseException:  # Ctrl-C: the running tasks got it too and clean up; no more start
+            for f in futures:
+                f.cancel()
+            raise
         relay()
     for f in futures:
         if not f.cancelled() and f.exception() is not None:
