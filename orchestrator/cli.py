@@ -790,7 +790,7 @@ def _prepare_tasks(names: list[str], root: Path, custom: tuple, force: bool, job
             for f in futures:
                 f.cancel()
             raise
-        relay()
+    relay()  # the workers have exited, so every line they put is in the queue
     for f in futures:
         if not f.cancelled() and f.exception() is not None:
             raise f.exception()
