@@ -753,9 +753,9 @@ def _log_to(q) -> None:  # noqa: ANN001
 
 def _prepare_tasks(names: list[str], root: Path, custom: tuple, force: bool, jobs: int) -> None:
     """Prepare `names`, up to `jobs` at a time in worker processes (decoding and resampling
-    run on one core each). The first error stops the tasks not yet started; those running
-    finish (or clean up after themselves), then it is raised. Each task takes its own lock,
-    so this is as safe beside another `abl` as the one-at-a-time loop."""
+    run on one core each). The first error cancels the tasks still waiting; those running (and
+    the one the pool queued ahead) finish or clean up after themselves, then it is raised.
+    Each task takes its own lock, so this is as safe beside another `abl` as one at a time."""
     if jobs == 1 or len(names) == 1:
         for name in names:
             _prepare_one(name, root, custom, force)
@@ -778,18 +778,14 @@ def _prepare_tasks(names: list[str], root: Path, custom: tuple, force: bool, job
         min(jobs, len(names)), mp_context=ctx, initializer=_log_to, initargs=(lines,)
     ) as pool:
         futures = [pool.submit(_prepare_one, n, root, custom, force) for n in names]
-        failed = None
         try:
             while not all(f.done() for f in futures):
                 relay()
-                failed = failed or next((f for f in futures if f.done() and f.exception()), None)
-                if failed is not None:
-                    for f in futures:
-                        f.cancel()  # not started yet: never started
-        except BaseException:  # Ctrl-C: the running tasks got it too and clean up; no more start
-            for f in futures:
+                if any(f.done() and not f.cancelled() and f.exception() for f in futures):
+                    break
+        finally:  # an error or Ctrl-C: cancel what the pool has not handed to a worker yet
+            for f in futures:  # (it queues one call ahead; that one and the running ones finish)
                 f.cancel()
-            raise
     relay()  # the workers have exited, so every line they put is in the queue
     for f in futures:
         if not f.cancelled() and f.exception() is not None:
