@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,11 +31,11 @@ Experiments = Annotated[
     Path, typer.Argument(help="The experiments file (YAML).", show_default=True)
 ]
 Output = Annotated[
-    Path | None,
+    str | None,  # a string, so that an empty one is refused rather than read as "."
     typer.Option("--output", "-o", help="Output folder; overrides `output:` in the file."),
 ]
 DataRoot = Annotated[
-    Path | None,
+    str | None,  # a string, so that an empty one is refused rather than read as "."
     typer.Option("--data", help="Data cache folder (default: $ABL_DATA or ~/.cache/abl)."),
 ]
 
@@ -585,16 +587,78 @@ def ui(
     cmd = ui_command(spec.mlflow_uri, port, host)
     cmd[0] = str(Path(sys.executable).with_name("mlflow"))
     _say(f"MLflow UI: http://{host}:{port}/{landing}  (Ctrl-C to stop)")
-    server = subprocess.Popen(cmd, env=dict(os.environ))
-    try:
-        code = server.wait()
-    except KeyboardInterrupt:  # Ctrl-C reaches the server too: it stops, as asked
-        server.wait()
+    code, asked = _serve(cmd)
+    if asked is not None:  # stopped as asked: Ctrl-C (exit 0), SIGTERM or SIGHUP (128 + it)
+        if asked != signal.SIGINT:
+            raise typer.Exit(128 + asked)
         return
     # A server stops by itself only when it failed (`mlflow ui` exits 0 even then).
     how = f" (exit {code})" if code else ""
     typer.echo(f"abl: error: the MLflow UI stopped{how}; its messages above say why", err=True)
     raise typer.Exit(code or 1)
+
+
+SERVER_GRACE_S = 15.0  # a server told to stop gets this long before it is killed
+
+
+def _serve(cmd: list[str]) -> tuple[int, int | None]:
+    """Run a server command until it exits or this process is told to stop (Ctrl-C, SIGTERM,
+    SIGHUP). The server runs in a process group of its own, and a stop is passed on to that
+    whole group (`mlflow ui` starts uvicorn workers and job runners of its own, which would
+    outlive a signal sent to it alone); what has not exited SERVER_GRACE_S later is killed.
+    Returns (the server's exit code, the stop signal, or None when the server exited by
+    itself)."""
+    server = subprocess.Popen(cmd, env=dict(os.environ), start_new_session=True)
+    asked: list[int] = []
+
+    def stop(signum: int, _frame) -> None:  # noqa: ANN001
+        asked.append(signum)
+        _signal_group(server.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                code = server.wait()
+                break
+            except KeyboardInterrupt:
+                stop(signal.SIGINT, None)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _signal_group(server.pid, signal.SIGTERM)  # what the server left behind, if anything
+        deadline = time.monotonic() + SERVER_GRACE_S
+        while _group_alive(server.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _signal_group(server.pid, signal.SIGKILL)
+    return code, (asked[0] if asked else None)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # the whole group has exited
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies that wait for a parent to reap
+    them do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _mlflow_landing(spec) -> str:  # noqa: ANN001
@@ -679,12 +743,14 @@ ExperimentsOpt = Annotated[
 ]
 
 
-def _data_context(data: Path | None, experiments: Path | None):  # noqa: ANN202
+def _data_context(data: str | None, experiments: Path | None):  # noqa: ANN202
     """(data root, user task definitions, corpus tasks) from the options and the experiments
     file."""
     from model.data.datasets import resolve_data_root
     from orchestrator.spec import load_spec
 
+    if data is not None and not data.strip():
+        raise AblError("--data is empty; name the data cache folder, or drop the flag")
     if experiments is None and Path("experiments.yaml").is_file():
         experiments = Path("experiments.yaml")
     custom, cache, corpus = (), None, ()
@@ -692,7 +758,7 @@ def _data_context(data: Path | None, experiments: Path | None):  # noqa: ANN202
         spec = load_spec(experiments)
         custom, cache = spec.baseline.data.tasks, spec.baseline.data.cache
         corpus = spec.baseline.data.corpus
-    return resolve_data_root(str(data) if data else cache), custom, corpus
+    return resolve_data_root(data or cache), custom, corpus
 
 
 @data_app.command("prepare")
@@ -798,13 +864,13 @@ def data_list(data: DataRoot = None, experiments: ExperimentsOpt = None) -> None
     from model.data.datasets import TASKS, load_task
 
     with user_errors():
-        if data is not None and not data.is_dir():
-            why = "is a file, not a folder" if data.exists() else "does not exist"
+        root, custom, _ = _data_context(data, experiments)
+        if data is not None and not root.is_dir():
+            why = "is a file, not a folder" if root.exists() else "does not exist"
             raise AblError(
                 f"--data {data}: {why}; point it at the data cache folder (the one holding "
                 "tasks/ that `abl data prepare` wrote), or leave it out for the default"
             )
-        root, custom, _ = _data_context(data, experiments)
         for name in [*sorted(TASKS), *(t.name for t in custom)]:
             try:
                 t = load_task(name, root, custom)

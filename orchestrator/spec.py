@@ -333,6 +333,9 @@ def build_dataclass(cls: type, data: Any, where: str, source: str) -> Any:
 def _folder_beside(value: str | Path, key: str, source: str) -> Path:
     """A folder setting (`output`, `data.cache`) as a path: `~` expanded, a relative one taken
     from the experiments file's folder, whatever folder abl is started from."""
+    if not str(value).strip():
+        fix = "drop the flag to use the file's output" if key == "--output" else "delete the key"
+        raise AblError(f"{source}: {key} is empty; name a folder, or {fix}")
     if "\0" in str(value):
         raise AblError(
             f"{source}: {key} = {str(value)!r} holds a NUL byte, which no path can; write the "
@@ -966,6 +969,12 @@ def _check_storage_urls(storage: StorageSpec, source: str) -> None:
                 "a tracking URI; use sqlite:///..., postgresql://..., mysql://..., mssql://... "
                 "or http(s)://..., or delete the key for SQLite under the output folder"
             )
+        if key == "mlflow" and not database and scheme[1].lower() not in _tracking_schemes():
+            raise AblError(
+                f"{source}: storage.mlflow = {mask_url(url)}: MLflow has no tracking store for "
+                f"{scheme[1]}://; use sqlite:///..., postgresql://..., mysql://..., mssql://... "
+                "or http(s)://..., or delete the key for SQLite under the output folder"
+            )
         if key == "optuna" and url.startswith("journal://"):
             database = False  # Optuna's journal file (orchestrator/prepare.py checks its folder)
             if not url.removeprefix("journal://").startswith("/"):
@@ -998,6 +1007,15 @@ def _check_storage_urls(storage: StorageSpec, source: str) -> None:
                     "their tables overlap, so give each its own database"
                 )
         given[key] = url
+
+
+def _tracking_schemes() -> set[str]:
+    """URI schemes MLflow tracks to besides the databases: its server, Databricks, and those
+    of installed tracking-store plugins (the `mlflow.tracking_store` entry points)."""
+    from importlib.metadata import entry_points
+
+    plugins = {e.name.lower() for e in entry_points(group="mlflow.tracking_store")}
+    return {"http", "https", "databricks", *plugins}
 
 
 def _sqlite_file(url: str) -> str | None:

@@ -263,7 +263,13 @@ def test_settings_that_cannot_vary_are_not_axes(tmp_path, path):
     [
         ({"optuna": "not a url"}, ["storage.optuna", "not a database URL"]),
         ({"results": "mongodb://host/db"}, ["storage.results", "not a database URL"]),
-        ({"mlflow": "mongodb+srv://host/db"}, []),  # a URI MLflow plugins may know: accepted
+        # A scheme no installed tracking-store plugin registers: MLflow would fail on it only
+        # once the first trial starts tracking.
+        (
+            {"mlflow": "mongodb+srv://u:secret@host/db"},
+            ["storage.mlflow = mongodb+srv://u:***@host/db", "no tracking store for mongodb+srv"],
+        ),
+        ({"mlflow": "https://tracking.example.org"}, []),  # MLflow's own server: accepted
         (
             {"optuna": "sqlite:///a.db", "results": "sqlite:///a.db"},
             ["storage.results and storage.optuna name one database"],

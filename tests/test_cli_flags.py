@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -128,6 +130,55 @@ def test_ui_exits_non_zero_when_the_mlflow_server_fails(tiny_experiments):
     assert res.stderr.splitlines()[-1] == (
         "abl: error: the MLflow UI stopped; its messages above say why"
     ), res.stderr[-2000:]
+
+
+def _running(needle: bytes) -> list[int]:
+    """Processes (not zombies) whose command line holds `needle`."""
+    found = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (d / "cmdline").read_bytes()
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if needle in cmd and state != "Z":
+            found.append(int(d.name))
+    return found
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 0)])
+def test_ui_stopped_by_a_signal_leaves_no_server_behind(tiny_experiments, sig, code):
+    """`mlflow ui` runs uvicorn workers and job runners of its own. Stopping `abl ui` (kill,
+    a closed terminal, Ctrl-C) stops all of them: none keeps the port or the store open."""
+    exp = tiny_experiments()
+    _tracked(exp)
+    port = _free_port()
+    ui = subprocess.Popen(
+        [ABL, "ui", str(exp), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    needle = f"--port\0{port}".encode()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the MLflow UI never listened")
+        servers = _running(needle)
+        assert len(servers) >= 2, servers  # mlflow ui and its uvicorn at least
+        ui.send_signal(sig)
+        assert ui.wait(timeout=60) == code
+        assert _running(needle) == []
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+        for pid in _running(needle):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_ui_on_a_study_that_never_ran_creates_nothing(tmp_path, tiny_experiments):

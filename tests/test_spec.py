@@ -439,6 +439,30 @@ def test_output_with_a_nul_byte_is_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_output_flag_is_refused_not_read_as_the_current_folder(tmp_path, value):
+    """Path("") is ".": `-o "$OUT"` with OUT never set would write the study into whatever
+    folder abl was started from. (An empty `output:` or `data.cache:` in the file is refused
+    as an empty value already.)"""
+    path = write(tmp_path, lambda s: None)
+    result = runner.invoke(app, ["run", "-j", "1", str(path), "-o", value])
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"abl: error: {path}: --output is empty; name a folder, or drop the flag to use the "
+        "file's output\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
+
+
+def test_an_empty_data_flag_is_refused(tmp_path):
+    result = runner.invoke(app, ["data", "list", "--data", ""])
+    assert result.exit_code == 2, result.output
+    assert (
+        result.output
+        == "abl: error: --data is empty; name the data cache folder, or drop the flag\n"
+    )
+
+
 def test_the_empty_filter_check_counts_the_frontends_filters():
     # The check counts without building the filterbank; it must count what LogMel builds.
     from model.config import FrontendConfig
