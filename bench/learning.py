@@ -46,6 +46,8 @@ def _ref_key(recipe, seed: int, root: Path) -> str:  # noqa: ANN001
 
     d = dataclasses.asdict(recipe)
     part = {k: d[k] for k in ("frontend", "encoder", "probe")}
+    if part["probe"]["repeats"] == 1:
+        del part["probe"]["repeats"]  # keys cached before the setting existed still hold
     part["corpus"], part["limit"] = d["data"]["corpus"], d["data"]["max_clips_per_class"]
     names = sorted({*recipe.data.corpus, *recipe.probe.tasks})
     part["content"] = {n: task_content(n, root) for n in names}

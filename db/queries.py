@@ -180,6 +180,7 @@ class ClipPredictions(Protocol):
     folds: np.ndarray
     truth: np.ndarray
     pred: np.ndarray
+    repeats: np.ndarray | None  # the draw of the folds of each entry; None: one draw
 
 
 def _ints(a: np.ndarray) -> bytes:
@@ -197,6 +198,7 @@ def _pack(task: str, p: ClipPredictions) -> Prediction:
         folds=_ints(p.folds),
         truth=_ints([index[str(c)] for c in p.truth]),
         pred=_ints([index[str(c)] for c in p.pred]),
+        repeats=None if p.repeats is None else _ints(p.repeats),
     )
 
 
@@ -208,6 +210,7 @@ PREDICTION_COLUMNS = [
     "status",
     "task",
     "clip",
+    "repeat",
     "fold",
     "group",
     "truth",
@@ -216,10 +219,10 @@ PREDICTION_COLUMNS = [
 
 
 def predictions_frame(engine: Engine, study: str) -> pd.DataFrame:
-    """Per-clip test predictions of a study's trials: one row per trial, task and clip tested,
-    columns PREDICTION_COLUMNS (`clip` and `group` are int indices within the task, stable
-    across trials; `truth` and `pred` class names). Empty for studies run before they were
-    stored."""
+    """Per-clip test predictions of a study's trials: one row per trial, task, draw of the
+    folds and clip tested, columns PREDICTION_COLUMNS (`clip` and `group` are int indices
+    within the task, stable across trials; `repeat` the draw, 0 under one draw; `truth` and
+    `pred` class names). Empty for studies run before they were stored."""
     stmt = (
         select(Trial.key, Trial.seed, Trial.axis, Trial.setting, Trial.status, Prediction)
         .join(Prediction, Prediction.trial_id == Trial.id)
@@ -243,6 +246,11 @@ def predictions_frame(engine: Engine, study: str) -> pd.DataFrame:
                         "status": status,
                         "task": p.task,
                         "clip": clips.astype(np.int64),
+                        "repeat": (
+                            np.zeros(n, np.int64)
+                            if p.repeats is None
+                            else np.frombuffer(p.repeats, "<i4").astype(np.int64)
+                        ),
                         "fold": np.frombuffer(p.folds, "<i4").astype(np.int64),
                         "group": np.frombuffer(p.groups, "<i4").astype(np.int64),
                         "truth": classes[np.frombuffer(p.truth, "<i4")],

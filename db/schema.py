@@ -104,7 +104,9 @@ class Prediction(Base):
     """A trial's per-clip test predictions on one task, compact: little-endian int32 arrays
     (one entry per clip tested) of the clip's index among the task's labelled clips sorted by
     file, its group's index among the task's sorted groups, the fold that tested it, and the
-    true and predicted classes as indices into `classes` (a JSON list of class names)."""
+    true and predicted classes as indices into `classes` (a JSON list of class names). Under
+    repeated cross-validation a clip is listed once per draw of the folds, and `repeats` holds
+    each entry's draw (NULL: one draw, as every row written before it)."""
 
     __tablename__ = "predictions"
     __table_args__ = (UniqueConstraint("trial_id", "task"),)
@@ -118,4 +120,5 @@ class Prediction(Base):
     folds: Mapped[bytes] = mapped_column(LargeBinary)
     truth: Mapped[bytes] = mapped_column(LargeBinary)
     pred: Mapped[bytes] = mapped_column(LargeBinary)
+    repeats: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     trial: Mapped[Trial] = relationship(back_populates="predictions")

@@ -159,8 +159,15 @@ class ProbeConfig:
     # a validation fold inside the training folds); split: the task's fixed train/val/test
     protocol: str = "cv"
     folds: int = 5
+    # cv: the k-fold partition drawn this many times (each clip tested once per draw), the
+    # scores averaged: which clips train which fold's probe moves a score as much as a seed
+    # does (docs/learning.md, tenth entry). split has one fixed partition and ignores it.
+    repeats: int = 1
     layers: int = 1  # each token the average of the encoder's last k blocks (1: the output)
     c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    # L-BFGS stops once no entry of its objective's gradient exceeds this: 1e-3 fits 2.5x
+    # faster than 1e-4 and moves a task's score by under a point (docs/learning.md, tenth entry)
+    tolerance: float = 1e-4
     batch_size: int = 64
     knn_clips: int = 300  # train clips of the first task in the intermediate k-NN signal
 

@@ -54,6 +54,9 @@ class Predictions:
     folds: np.ndarray  # (n,) int: the fold that tested the clip (0 for a fixed test split)
     truth: np.ndarray  # (n,) str
     pred: np.ndarray  # (n,) str
+    # (n,) int: which draw of the folds tested the clip (repeated cross-validation lists each
+    # clip once per draw); None: one draw
+    repeats: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,20 @@ class ProbeResult:
     predictions: Predictions | None = None
 
 
+TOLERANCE = 1e-4  # probe.tolerance's default: L-BFGS stops once no gradient entry exceeds it
+
+
 def _fit_logistic(
-    x: torch.Tensor, y: torch.Tensor, classes: int, c: float, start: torch.Tensor | None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: int,
+    c: float,
+    start: torch.Tensor | None,
+    tol: float = TOLERANCE,
 ) -> torch.Tensor:
     """Multinomial logistic regression, sklearn's objective (C * summed cross-entropy plus half
     the squared weights, bias unpenalised) divided by n, solved by full-batch L-BFGS to a
-    gradient tolerance of 1e-4. Returns (dim + 1, classes): weights, then bias."""
+    gradient tolerance of `tol`. Returns (dim + 1, classes): weights, then bias."""
     n, d = x.shape
     w = torch.zeros(d + 1, classes) if start is None else start.clone()
     w.requires_grad_(True)
@@ -79,7 +90,7 @@ def _fit_logistic(
         [w],
         lr=1.0,
         max_iter=300,
-        tolerance_grad=1e-4,
+        tolerance_grad=tol,
         tolerance_change=1e-9,
         history_size=10,
         line_search_fn="strong_wolfe",
@@ -112,6 +123,7 @@ def _walk_c(
     xs: torch.Tensor,
     c_grid: tuple[float, ...],
     start: torch.Tensor | None = None,
+    tol: float = TOLERANCE,
 ) -> tuple[float, float, np.ndarray, torch.Tensor]:
     """Fit the C grid from the strongest regularisation up, each fit warm-started from the
     previous one (the first from `start`, when its shape fits); returns (validation accuracy,
@@ -127,7 +139,7 @@ def _walk_c(
     first = None
     with torch.enable_grad():
         for c in sorted(c_grid):
-            w = _fit_logistic(xt, yt, len(classes), c, w)
+            w = _fit_logistic(xt, yt, len(classes), c, w, tol)
             first = w if first is None else first
             val = float(np.mean(names[(xv @ w[:-1] + w[-1]).argmax(1).numpy()] == y_val))
             if best is None or val > best[0]:
@@ -140,23 +152,28 @@ def _walk_c(
     return (*best, first)
 
 
-def cv_folds(labels: np.ndarray, groups: np.ndarray, k: int) -> np.ndarray:
+def cv_folds(labels: np.ndarray, groups: np.ndarray, k: int, draw: int = 0) -> np.ndarray:
     """(n,) fold of each clip, 0..k-1: grouped (a group never straddles two folds) and
-    stratified by class as far as the groups allow; deterministic (a fixed shuffle seed)."""
+    stratified by class as far as the groups allow; deterministic (`draw` seeds the shuffle:
+    repeated cross-validation draws 0, 1, ...)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_groups = len(set(groups.tolist()))
     if n_groups < k:
         raise ValueError(f"{n_groups} groups cannot fill {k} folds")
     folds = np.zeros(len(labels), np.int64)
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=draw)
     for i, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
         folds[test] = i
     return folds
 
 
 def cv_probe(
-    x: np.ndarray, y: list[str], folds: np.ndarray, c_grid: tuple[float, ...]
+    x: np.ndarray,
+    y: list[str],
+    folds: np.ndarray,
+    c_grid: tuple[float, ...],
+    tol: float = TOLERANCE,
 ) -> ProbeResult:
     """Cross-validated linear probe: each fold is the test fold once; the next fold (cyclic)
     is its validation fold, which chooses C among fits on the remaining folds. So every clip
@@ -173,7 +190,7 @@ def cv_probe(
         test, val = folds == f, folds == (f + 1) % k
         train = ~(test | val)
         xt, xv, xs = _standardise(x[train], x[val], x[test])
-        v, c, p, w0 = _walk_c(xt, labels[train], xv, labels[val], xs, c_grid, w0)
+        v, c, p, w0 = _walk_c(xt, labels[train], xv, labels[val], xs, c_grid, w0, tol)
         pred[test] = p
         vals.append(v)
         cs.append(c)
@@ -188,6 +205,37 @@ def cv_probe(
     )
 
 
+def repeated_cv_probe(
+    x: np.ndarray,
+    y: list[str],
+    draws: list[np.ndarray],
+    c_grid: tuple[float, ...],
+    tol: float = TOLERANCE,
+) -> ProbeResult:
+    """`cv_probe` once per draw of the folds (repeated cross-validation): accuracy, macro-F1
+    and validation accuracy are the draws' means, C the median of the draws' (each the median
+    over its folds), and the predictions list each clip once per draw, `repeats` saying which.
+    One draw is `cv_probe` itself."""
+    if len(draws) == 1:
+        return cv_probe(x, y, draws[0], c_grid, tol)
+    runs = [cv_probe(x, y, folds, c_grid, tol) for folds in draws]
+    preds = [r.predictions for r in runs]
+    assert all(p is not None for p in preds)
+    return ProbeResult(
+        accuracy=float(np.mean([r.accuracy for r in runs])),
+        macro_f1=float(np.mean([r.macro_f1 for r in runs])),
+        val_accuracy=float(np.mean([r.val_accuracy for r in runs])),
+        c=float(np.median([r.c for r in runs])),
+        seconds=float(sum(r.seconds for r in runs)),
+        predictions=Predictions(
+            np.concatenate([p.folds for p in preds]),
+            np.concatenate([p.truth for p in preds]),
+            np.concatenate([p.pred for p in preds]),
+            np.repeat(np.arange(len(draws), dtype=np.int64), [len(p.folds) for p in preds]),
+        ),
+    )
+
+
 def linear_probe(
     x_train: np.ndarray,
     y_train: list[str],
@@ -196,6 +244,7 @@ def linear_probe(
     x_test: np.ndarray,
     y_test: list[str],
     c_grid: tuple[float, ...],
+    tol: float = TOLERANCE,
 ) -> ProbeResult:
     """Multinomial logistic regression on standardised features; C chosen on validation.
 
@@ -207,7 +256,7 @@ def linear_probe(
     """
     t0 = time.perf_counter()
     xt, xv, xs = _standardise(x_train, x_val, x_test)
-    val, c, pred, _ = _walk_c(xt, np.asarray(y_train), xv, np.asarray(y_val), xs, c_grid)
+    val, c, pred, _ = _walk_c(xt, np.asarray(y_train), xv, np.asarray(y_val), xs, c_grid, tol=tol)
     truth = np.asarray(y_test)
     return ProbeResult(
         accuracy=float(accuracy_score(y_test, pred)),

@@ -615,14 +615,12 @@ def _serve(cmd: list[str]) -> tuple[int, int | None]:
         asked.append(signum)
         _signal_group(server.pid, signal.SIGTERM)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too, by a handler of its own: a process started with SIGINT ignored (as shells
+    # start background jobs) keeps ignoring it, and no KeyboardInterrupt would come.
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, stop) for s in stops}
     try:
-        while True:
-            try:
-                code = server.wait()
-                break
-            except KeyboardInterrupt:
-                stop(signal.SIGINT, None)
+        code = server.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

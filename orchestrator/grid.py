@@ -63,6 +63,8 @@ KEY_NEUTRAL: dict[str, Any] = {
     "loss.global_temperature": 0.1,
     "train.crop_frames": 0,
     "encoder.stem": "linear",
+    "probe.repeats": 1,
+    "probe.tolerance": 1e-4,
 }
 
 # Data set name -> the content hash of its prepared audio.

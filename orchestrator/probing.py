@@ -18,7 +18,7 @@ from model.data.datasets import Clip
 from model.data.features import FeatureSet, Normalizer
 from model.embed import load_encoder
 from model.errors import AblError
-from model.probe import cv_folds, cv_probe, embed_clips, linear_probe
+from model.probe import cv_folds, embed_clips, linear_probe, repeated_cv_probe
 from model.vit import ViT
 from orchestrator.bank import DataBank
 from orchestrator.grid import TrialSpec
@@ -37,6 +37,7 @@ class TaskPredictions:
     folds: np.ndarray  # (n,) int
     truth: np.ndarray  # (n,) str
     pred: np.ndarray  # (n,) str
+    repeats: np.ndarray | None = None  # (n,) int: the draw of the folds (repeated CV); None: one
 
 
 @dataclass
@@ -55,13 +56,14 @@ class ProbeScores:
 Features = Callable[[FeatureSet, str], np.ndarray]  # (feature set, "task-split") -> (n, dim)
 
 
-def task_folds(bank: DataBank, task: str, limit: int | None, k: int) -> np.ndarray:
-    """The cross-validation fold of each labelled clip of `task` (DataBank.clips order)."""
+def task_folds(bank: DataBank, task: str, limit: int | None, k: int, draw: int = 0) -> np.ndarray:
+    """The cross-validation fold of each labelled clip of `task` (DataBank.clips order) in
+    draw `draw` of the folds."""
     clips = bank.clips(task, "all", limit)
     labels = np.asarray([c.label for c in clips])
     groups = np.asarray([c.group for c in clips])
     try:
-        return cv_folds(labels, groups, k)
+        return cv_folds(labels, groups, k, draw)
     except ValueError as e:
         raise AblError(
             f"task {task!r}: {e}; lower probe.folds or use probe.protocol: split"
@@ -92,9 +94,9 @@ def score(features_of: Features, recipe: RecipeConfig, bank: DataBank) -> ProbeS
             fs = bank.features(task, "all", recipe.frontend, limit)
             x = features_of(fs, f"{task}-all")
             out.embed_s += time.perf_counter() - t_embed
-            folds = task_folds(bank, task, limit, pc.folds)
-            r = cv_probe(x, list(fs.labels), folds, pc.c_grid)
-            tested = all_clips
+            draws = [task_folds(bank, task, limit, pc.folds, d) for d in range(pc.repeats)]
+            r = repeated_cv_probe(x, list(fs.labels), draws, pc.c_grid, pc.tolerance)
+            tested = all_clips * pc.repeats
         else:
             xs, ys = [], []
             for split in ("train", "val", "test"):
@@ -102,12 +104,14 @@ def score(features_of: Features, recipe: RecipeConfig, bank: DataBank) -> ProbeS
                 xs.append(features_of(fs, f"{task}-{split}"))
                 ys.append(list(fs.labels))
             out.embed_s += time.perf_counter() - t_embed
-            r = linear_probe(xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], pc.c_grid)
+            r = linear_probe(xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], pc.c_grid, pc.tolerance)
             tested = bank.clips(task, "test", limit)
         assert r.predictions is not None
         clip_ids, group_ids = _indices(tested, all_clips)
         p = r.predictions
-        out.predictions[task] = TaskPredictions(clip_ids, group_ids, p.folds, p.truth, p.pred)
+        out.predictions[task] = TaskPredictions(
+            clip_ids, group_ids, p.folds, p.truth, p.pred, p.repeats
+        )
         out.metrics[(task, "accuracy")] = r.accuracy
         out.metrics[(task, "macro_f1")] = r.macro_f1
         out.metrics[(task, "val_accuracy")] = r.val_accuracy

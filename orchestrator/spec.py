@@ -50,6 +50,7 @@ PRUNING = ("none", "median")
 # MLflow tracking URIs that name a database (the others are folders or servers).
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
 DESIGNS = ("ofat", "factorial", "list")
+MAX_REPEATS = 20  # probe.repeats: each draw is a full cross-validation of every task
 # What grid.py and the reports call trials that are no axis' (reports/data.py's *_AXIS).
 TRIAL_AXES = ("baseline", "factorial", "config", "reference")
 # A grid grows as the product of the value counts (times the seeds); past this many trials a
@@ -670,6 +671,12 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         raise bad("probe.knn_clips", "and probe.batch_size must be at least 1")
     if any(c <= 0 for c in r.probe.c_grid) or not r.probe.c_grid:
         raise bad("probe.c_grid", "must list positive regularisation values")
+    if not 0 < r.probe.tolerance <= 0.1:
+        raise bad(
+            "probe.tolerance",
+            f"= {r.probe.tolerance} must be in (0, 0.1]: the largest gradient entry at which "
+            "the probe's fit stops (1e-4 exact, 1e-3 faster)",
+        )
     if r.data.max_clips_per_class is not None and r.data.max_clips_per_class < 1:
         raise bad("data.max_clips_per_class", "must be at least 1 or null")
     one_of("data.sampling", r.data.sampling, SAMPLINGS)
@@ -699,6 +706,12 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
             "probe.folds",
             f"= {r.probe.folds} must be at least 3 (each fold tests once, the next one "
             "validates the regularisation, the others train)",
+        )
+    if not 1 <= r.probe.repeats <= MAX_REPEATS:
+        raise bad(
+            "probe.repeats",
+            f"= {r.probe.repeats} must be between 1 and {MAX_REPEATS} (draws of the folds, "
+            "each a full cross-validation; 3 averages out most of a split's luck)",
         )
     if not 1 <= r.probe.layers <= enc.depth:
         raise bad(

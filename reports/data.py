@@ -55,7 +55,8 @@ class Results:
     # Per task the study reads: {"clips": n, "skipped": {reason: n}} (clips its preparation
     # skipped: unreadable or silent audio), as recorded when the study was last run.
     data: dict[str, dict] = field(default_factory=dict)
-    # Per finished trial, task and labelled test clip: key, task, clip, group, correct (bool).
+    # Per finished trial, task and labelled test clip: key, task, clip, group, correct (the
+    # share of the draws of the folds that scored it right: 0 or 1 under one draw).
     # Empty where the database holds no predictions (results recorded before they were).
     predictions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PRED_COLUMNS))
 
@@ -144,12 +145,13 @@ def load_results(engine: Engine, study: str, expected: Iterable[dict] | None = N
 
 
 def _predictions(engine: Engine, study: str, keys: set[str]) -> pd.DataFrame:
-    """The finished trials' test predictions as correct / wrong per clip (see Results)."""
+    """The finished trials' test predictions as the share of draws of the folds that scored
+    each clip right (1 or 0 under one draw; see Results)."""
     p = predictions_frame(engine, study)
     p = p[p["key"].isin(keys) & (p["status"] == "done")]
-    out = p[["key", "task", "clip", "group"]].reset_index(drop=True)
-    out["correct"] = (p["truth"].astype(str) == p["pred"].astype(str)).to_numpy()
-    return out
+    p = p.assign(correct=(p["truth"].astype(str) == p["pred"].astype(str)).astype(float))
+    out = p.groupby(["key", "task", "clip", "group"], as_index=False, sort=False)["correct"].mean()
+    return out[PRED_COLUMNS]
 
 
 def _guess_design(trials: pd.DataFrame) -> str:

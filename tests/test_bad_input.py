@@ -350,3 +350,17 @@ def test_cross_validation_needs_three_folds(tmp_path):
     on (it once crashed inside the probe)."""
     for folds in (0, 1, 2):
         refused(tmp_path, write(tmp_path, set_baseline("probe.folds", folds)), ["probe.folds", "3"])
+
+
+def test_probe_repeats_are_draws_of_cross_validation_folds(tmp_path):
+    for n in (0, -1, 21):
+        refused(tmp_path, write(tmp_path, set_baseline("probe.repeats", n)), ["probe.repeats"])
+    spec = load_spec(write(tmp_path, set_baseline("probe.repeats", 3)))
+    assert spec.baseline.probe.repeats == 3
+
+
+def test_probe_tolerance_is_a_small_positive_number(tmp_path):
+    for tol in (0, -1e-3, 0.5):
+        refused(
+            tmp_path, write(tmp_path, set_baseline("probe.tolerance", tol)), ["probe.tolerance"]
+        )

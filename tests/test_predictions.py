@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -32,9 +33,24 @@ def test_predictions_round_trip_through_the_database(tmp_path):
         truth=np.array(["dog", "cat", "dog", "bird"]),
         pred=np.array(["dog", "dog", "cat", "bird"]),
     )
-    queries.finish_trial(engine, tid, {("t", "accuracy"): 0.5}, 1.0, None, predictions={"t": p})
+    q = TaskPredictions(  # repeated cross-validation: each clip once per draw of the folds
+        clips=np.array([0, 1, 0, 1]),
+        groups=np.array([0, 1, 0, 1]),
+        folds=np.array([0, 1, 1, 0]),
+        truth=np.array(["cat", "dog", "cat", "dog"]),
+        pred=np.array(["cat", "cat", "cat", "dog"]),
+        repeats=np.array([0, 0, 1, 1]),
+    )
+    queries.finish_trial(
+        engine, tid, {("t", "accuracy"): 0.5}, 1.0, None, predictions={"t": p, "u": q}
+    )
     df = queries.predictions_frame(engine, "s")
     assert list(df.columns) == queries.PREDICTION_COLUMNS
+    du = df[df["task"] == "u"]
+    assert du["repeat"].tolist() == [0, 0, 1, 1] and du["fold"].tolist() == [0, 1, 1, 0]
+    assert du["pred"].tolist() == q.pred.tolist()
+    df = df[df["task"] == "t"]
+    assert (df["repeat"] == 0).all()  # one draw: stored as NULL, read as draw 0
     assert df["clip"].tolist() == [4, 0, 2, 1] and df["group"].tolist() == [1, 0, 1, 2]
     assert df["fold"].tolist() == [0, 1, 1, 0] and set(df["key"]) == {"k1"}
     assert df["truth"].tolist() == p.truth.tolist() and df["pred"].tolist() == p.pred.tolist()
@@ -44,11 +60,12 @@ def test_predictions_round_trip_through_the_database(tmp_path):
     assert queries.predictions_frame(engine, "s").empty
 
 
-def test_a_cross_validated_study_tests_every_clip_once(tmp_path, tiny_experiments):
+def test_a_cross_validated_study_tests_every_clip_once_per_draw(tmp_path, tiny_experiments):
     exp = tiny_experiments()
     spec = yaml.safe_load(exp.read_text())
     # The corpus (env-sfx) is not probed: cross-validation may then use every labelled clip.
-    spec["baseline"]["probe"].update(tasks=["speech-digits"], protocol="cv", folds=3)
+    # Two draws of the folds (repeated cross-validation).
+    spec["baseline"]["probe"].update(tasks=["speech-digits"], protocol="cv", folds=3, repeats=2)
     exp.write_text(yaml.safe_dump(spec))
     result = runner.invoke(app, ["run", str(exp)])
     assert result.exit_code == 0, result.output
@@ -59,21 +76,31 @@ def test_a_cross_validated_study_tests_every_clip_once(tmp_path, tiny_experiment
     bank = DataBank(resolve_data_root())
     limit = s.baseline.data.max_clips_per_class
     clips = bank.clips("speech-digits", "all", limit)
-    folds = task_folds(bank, "speech-digits", limit, 3)
+    draws = [task_folds(bank, "speech-digits", limit, 3, d) for d in (0, 1)]
+    assert not np.array_equal(draws[0], draws[1])  # another partition, not the same twice
     results = queries.results_frame(engine, s.study)
-    # Two trials and the two references, each with one prediction per labelled clip.
-    assert df.groupby("key").size().tolist() == [len(clips)] * 4
+    # Two trials and the two references, each with one prediction per labelled clip and draw.
+    assert df.groupby("key").size().tolist() == [2 * len(clips)] * 4
     for key, g in df.groupby("key"):
-        g = g.sort_values("clip")
-        assert g["clip"].tolist() == list(range(len(clips)))  # each clip tested exactly once
-        assert g["truth"].tolist() == [c.label for c in clips]
-        assert g["fold"].tolist() == folds.tolist()
-        for grp, members in g.groupby("group"):  # a group never straddles two folds
-            assert members["fold"].nunique() == 1, grp
+        for d, folds in enumerate(draws):
+            gd = g[g["repeat"] == d].sort_values("clip")
+            assert gd["clip"].tolist() == list(range(len(clips)))  # each clip tested once
+            assert gd["truth"].tolist() == [c.label for c in clips]
+            assert gd["fold"].tolist() == folds.tolist()
+            for grp, members in gd.groupby("group"):  # a group never straddles two folds
+                assert members["fold"].nunique() == 1, grp
         acc = results[
             (results["key"] == key)
             & (results["task"] == "speech-digits")
             & (results["metric"] == "accuracy")
         ]["value"]
-        assert float(acc.iloc[0]) == np.mean(g["truth"] == g["pred"])
+        # The score is the draws' mean accuracy: every entry of both draws counted once.
+        assert float(acc.iloc[0]) == pytest.approx(np.mean(g["truth"] == g["pred"]))
+    # The reports read each clip's share of draws that scored it right.
+    from reports.data import load_results
+
+    res = load_results(engine, s.study)
+    p = res.predictions
+    assert len(p) == 2 * len(clips)  # two trials, one row per clip
+    assert set(np.unique(p["correct"])) <= {0.0, 0.5, 1.0}
     assert isinstance(df, pd.DataFrame)

@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 import model.probe as probe_module
-from model.probe import cv_folds, cv_probe, knn_accuracy, linear_probe
+from model.probe import cv_folds, cv_probe, knn_accuracy, linear_probe, repeated_cv_probe
 
 
 def blobs(n: int, dim: int, classes: int, spread: float, seed: int):
@@ -87,9 +87,9 @@ def test_cv_tests_each_clip_once_and_never_chooses_c_on_a_test_fold(monkeypatch)
     seen: list[tuple[int, int, int]] = []
     real = probe_module._walk_c
 
-    def spy(xt, y_train, xv, y_val, xs, c_grid, start=None):
+    def spy(xt, y_train, xv, y_val, xs, c_grid, start=None, tol=1e-4):
         seen.append((len(y_train), len(y_val), xs.shape[0]))
-        return real(xt, y_train, xv, y_val, xs, c_grid, start)
+        return real(xt, y_train, xv, y_val, xs, c_grid, start, tol)
 
     monkeypatch.setattr(probe_module, "_walk_c", spy)
     r = cv_probe(x, list(y), folds, (0.01, 1.0))
@@ -103,6 +103,26 @@ def test_cv_tests_each_clip_once_and_never_chooses_c_on_a_test_fold(monkeypatch)
     assert np.array_equal(p.folds, folds) and np.array_equal(p.truth, y)  # each clip once
     assert r.accuracy == pytest.approx(np.mean(p.pred == y))
     assert r.accuracy > 0.75  # well above chance (1/3)
+
+
+def test_repeated_cv_averages_draws_of_the_folds_each_testing_every_clip_once():
+    x, y, g = grouped_blobs(30, 4, 3, 1.5)
+    draws = [cv_folds(y, g, 5, d) for d in range(3)]
+    assert not np.array_equal(draws[0], draws[1])
+    for folds in draws:  # each draw grouped: a group never straddles two folds
+        assert all(len(set(folds[g == grp])) == 1 for grp in set(g))
+    runs = [cv_probe(x, list(y), folds, (0.01, 1.0)) for folds in draws]
+    r = repeated_cv_probe(x, list(y), draws, (0.01, 1.0))
+    assert r.accuracy == pytest.approx(np.mean([u.accuracy for u in runs]))
+    assert r.macro_f1 == pytest.approx(np.mean([u.macro_f1 for u in runs]))
+    p = r.predictions
+    assert p.repeats.tolist() == [d for d in range(3) for _ in y]
+    for d, u in enumerate(runs):
+        assert np.array_equal(p.folds[p.repeats == d], draws[d])
+        assert np.array_equal(p.pred[p.repeats == d], u.predictions.pred)
+    assert r.accuracy == pytest.approx(np.mean(p.pred == p.truth))
+    one = repeated_cv_probe(x, list(y), draws[:1], (0.01, 1.0))
+    assert one.accuracy == runs[0].accuracy and one.predictions.repeats is None
 
 
 def test_cv_predictions_do_not_see_their_own_labels():
@@ -145,3 +165,26 @@ def test_probe_layers_average_the_last_blocks_and_padding_stays_out():
     with torch.no_grad():
         ho = vit(other, keep=keep).view(1, 5, 2, 32).permute(0, 2, 1, 3).reshape(2, 160)
     assert torch.allclose(hs, ho)
+
+
+def test_the_fit_stops_at_the_tolerance_it_is_given():
+    """probe.tolerance reaches L-BFGS: each fit ends with no gradient entry above it, and a
+    loose one stops well before the exact one."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = blobs(300, 40, 4, 3.0, 0)
+    xt = probe_module._standardise(x)[0]
+    yt = torch.tensor([int(c[1:]) for c in y])
+
+    def largest_gradient(w: torch.Tensor, c: float) -> float:
+        w = w.clone().requires_grad_(True)
+        lam = 1.0 / (c * len(yt))
+        loss = F.cross_entropy(torch.addmm(w[-1], xt, w[:-1]), yt) + 0.5 * lam * (w[:-1] ** 2).sum()
+        loss.backward()
+        return float(w.grad.abs().max())
+
+    loose = probe_module._fit_logistic(xt, yt, 4, 1.0, None, tol=1e-2)
+    exact = probe_module._fit_logistic(xt, yt, 4, 1.0, None, tol=1e-4)
+    assert largest_gradient(exact, 1.0) <= 1e-4
+    assert 1e-3 < largest_gradient(loose, 1.0) <= 1e-2

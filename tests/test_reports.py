@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import zlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -23,6 +22,7 @@ from bench.synthetic import Synthetic, generate, key
 from db.engine import make_engine
 from db.queries import export_frame, finish_trial
 from db.schema import Trial
+from orchestrator.probing import TaskPredictions
 from reports.data import AVERAGE_TASK, interactions, load_results
 from reports.importance import axis_importance
 from reports.inference import analyse, pooled_noise, recipe, study_design, verdict
@@ -182,7 +182,7 @@ def add_predictions(engine, syn: Synthetic, clips: int = 120, seed: int = 0) -> 
             right = rng.random(clips) < p_right
             truth = np.array(["a", "b"])[np.arange(clips) % 2]
             pred = np.where(right, truth, np.where(truth == "a", "b", "a"))
-            predictions[t] = SimpleNamespace(
+            predictions[t] = TaskPredictions(
                 clips=np.arange(clips),
                 groups=np.arange(clips) // 2,
                 folds=np.arange(clips) % 5,
