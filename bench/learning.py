@@ -22,6 +22,7 @@ from model.data.datasets import prepare_task, resolve_data_root, task_content
 from model.train import train
 from model.vit import ViT
 from orchestrator.bank import DataBank
+from orchestrator.grid import drop_neutral
 from orchestrator.probing import encoder_features, score
 from orchestrator.spec import _coerce, load_spec, recipe_field, with_value
 
@@ -46,8 +47,10 @@ def _ref_key(recipe, seed: int, root: Path) -> str:  # noqa: ANN001
 
     d = dataclasses.asdict(recipe)
     part = {k: d[k] for k in ("frontend", "encoder", "probe")}
-    if part["probe"]["repeats"] == 1:
-        del part["probe"]["repeats"]  # keys cached before the setting existed still hold
+    # Probe settings added since references were first cached hash as absent at their neutral
+    # values, so those entries still hold (the other sections' neutral settings were keyed
+    # before this, and their entries with them).
+    drop_neutral(part, ("probe",))
     part["corpus"], part["limit"] = d["data"]["corpus"], d["data"]["max_clips_per_class"]
     names = sorted({*recipe.data.corpus, *recipe.probe.tasks})
     part["content"] = {n: task_content(n, root) for n in names}

@@ -81,14 +81,22 @@ def content_of(name: str, contents: Contents | None) -> str:
     return contents.get(name) or f"unprepared:{name}"
 
 
+def drop_neutral(d: dict[str, Any], sections: tuple[str, ...] | None = None) -> None:
+    """Remove from a recipe dict (sections of settings) every setting of KEY_NEUTRAL that holds
+    its neutral value, in `sections` only when given: what a recipe hashes as."""
+    for path, neutral in KEY_NEUTRAL.items():
+        section, name = path.split(".")
+        if sections is not None and section not in sections:
+            continue
+        if name in d[section] and d[section][name] == json.loads(json.dumps(neutral)):
+            del d[section][name]
+
+
 def _keyed(recipe: RecipeConfig, contents: Contents | None) -> dict[str, Any]:
     d = json.loads(json.dumps(semantic_config(recipe), default=str))  # tuples as lists
     del d["data"]["tasks"]  # a declaration is keyed by what it prepared, through the corpus
     d["data"]["corpus"] = [content_of(n, contents) for n in recipe.data.corpus]
-    for path, neutral in KEY_NEUTRAL.items():
-        section, name = path.split(".")
-        if name in d[section] and d[section][name] == json.loads(json.dumps(neutral)):
-            del d[section][name]
+    drop_neutral(d)
     return d
 
 

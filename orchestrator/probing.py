@@ -56,14 +56,16 @@ class ProbeScores:
 Features = Callable[[FeatureSet, str], np.ndarray]  # (feature set, "task-split") -> (n, dim)
 
 
-def task_folds(bank: DataBank, task: str, limit: int | None, k: int, draw: int = 0) -> np.ndarray:
-    """The cross-validation fold of each labelled clip of `task` (DataBank.clips order) in
-    draw `draw` of the folds."""
+def task_folds(
+    bank: DataBank, task: str, limit: int | None, k: int, draws: int = 1
+) -> list[np.ndarray]:
+    """The cross-validation fold of each labelled clip of `task` (DataBank.clips order), in
+    each of `draws` draws of the folds."""
     clips = bank.clips(task, "all", limit)
     labels = np.asarray([c.label for c in clips])
     groups = np.asarray([c.group for c in clips])
     try:
-        return cv_folds(labels, groups, k, draw)
+        return [cv_folds(labels, groups, k, d) for d in range(draws)]
     except ValueError as e:
         raise AblError(
             f"task {task!r}: {e}; lower probe.folds or use probe.protocol: split"
@@ -94,7 +96,7 @@ def score(features_of: Features, recipe: RecipeConfig, bank: DataBank) -> ProbeS
             fs = bank.features(task, "all", recipe.frontend, limit)
             x = features_of(fs, f"{task}-all")
             out.embed_s += time.perf_counter() - t_embed
-            draws = [task_folds(bank, task, limit, pc.folds, d) for d in range(pc.repeats)]
+            draws = task_folds(bank, task, limit, pc.folds, pc.repeats)
             r = repeated_cv_probe(x, list(fs.labels), draws, pc.c_grid, pc.tolerance)
             tested = all_clips * pc.repeats
         else:

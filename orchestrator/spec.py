@@ -49,6 +49,10 @@ from orchestrator.launcher import LauncherSpec, parse_launcher
 PRUNING = ("none", "median")
 # MLflow tracking URIs that name a database (the others are folders or servers).
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
+MLFLOW_FIX = (  # what a refused storage.mlflow should be instead
+    "use sqlite:///..., postgresql://..., mysql://..., mssql://... or http(s)://..., or delete "
+    "the key for SQLite under the output folder"
+)
 DESIGNS = ("ofat", "factorial", "list")
 MAX_REPEATS = 20  # probe.repeats: each draw is a full cross-validation of every task
 # What grid.py and the reports call trials that are no axis' (reports/data.py's *_AXIS).
@@ -979,14 +983,12 @@ def _check_storage_urls(storage: StorageSpec, source: str) -> None:
             # A folder: MLflow's file store, which MLflow 3 refuses when the run starts.
             raise AblError(
                 f"{source}: storage.mlflow = {url if '@' not in url else mask_url(url)} is not "
-                "a tracking URI; use sqlite:///..., postgresql://..., mysql://..., mssql://... "
-                "or http(s)://..., or delete the key for SQLite under the output folder"
+                f"a tracking URI; {MLFLOW_FIX}"
             )
         if key == "mlflow" and not database and scheme[1].lower() not in _tracking_schemes():
             raise AblError(
                 f"{source}: storage.mlflow = {mask_url(url)}: MLflow has no tracking store for "
-                f"{scheme[1]}://; use sqlite:///..., postgresql://..., mysql://..., mssql://... "
-                "or http(s)://..., or delete the key for SQLite under the output folder"
+                f"{scheme[1]}://; {MLFLOW_FIX}"
             )
         if key == "optuna" and url.startswith("journal://"):
             database = False  # Optuna's journal file (orchestrator/prepare.py checks its folder)

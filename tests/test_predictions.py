@@ -76,7 +76,7 @@ def test_a_cross_validated_study_tests_every_clip_once_per_draw(tmp_path, tiny_e
     bank = DataBank(resolve_data_root())
     limit = s.baseline.data.max_clips_per_class
     clips = bank.clips("speech-digits", "all", limit)
-    draws = [task_folds(bank, "speech-digits", limit, 3, d) for d in (0, 1)]
+    draws = task_folds(bank, "speech-digits", limit, 3, draws=2)
     assert not np.array_equal(draws[0], draws[1])  # another partition, not the same twice
     results = queries.results_frame(engine, s.study)
     # Two trials and the two references, each with one prediction per labelled clip and draw.
