@@ -126,6 +126,13 @@ class LossConfig:
     # every clip's embedding must differ from the others' (global_pool: clip only).
     global_loss: str = "l2"  # l2 | nce
     global_temperature: float = 0.1
+    # SIGReg (LeJEPA): the context encoder's clip embeddings (the mean of its tokens) pushed
+    # towards an isotropic standard Gaussian, measured along `sigreg_slices` random
+    # directions a step by the Epps-Pulley distance between each projection's empirical
+    # characteristic function and the Gaussian's. Where VICReg's terms ask only for spread
+    # and decorrelation, this asks for the whole distribution. 0 = off.
+    sigreg_weight: float = 0.0
+    sigreg_slices: int = 256
 
 
 @dataclass(frozen=True)

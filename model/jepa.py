@@ -128,6 +128,47 @@ def variance_covariance(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return var, off.pow(2).sum() / z.shape[1]
 
 
+# Knots of the Epps-Pulley integral over t in [0, 5] (the integrand is even in t, and its
+# Gaussian weight is below 4e-6 past 5).
+_EP_KNOTS = 17
+
+
+def epps_pulley(p: torch.Tensor) -> torch.Tensor:
+    """SIGReg's statistic on projections p (N, M): for each of the M columns, N times the
+    integral over t of |empirical characteristic function - exp(-t^2 / 2)|^2 weighted by
+    exp(-t^2 / 2), the distance of its N values from a standard normal's (1.06 expected
+    under the null, whatever N: the integral of 1 - e^-t^2 under the weight); the mean over
+    the columns."""
+    t = torch.linspace(0.0, 5.0, _EP_KNOTS, device=p.device)
+    tp = p.float().unsqueeze(-1) * t  # (N, M, K)
+    gauss = torch.exp(-0.5 * t * t)
+    err = (tp.cos().mean(0) - gauss).square() + tp.sin().mean(0).square()  # (M, K)
+    return 2.0 * p.shape[0] * torch.trapezoid(err * gauss, t, dim=-1).mean()
+
+
+class Slices(nn.Module):
+    """Random unit directions for SIGReg, drawn anew at each call (one a step) from a
+    generator seeded by the number of calls so far: the count is kept in the state dict, so a
+    resumed run draws what an uninterrupted one would."""
+
+    def __init__(self, width: int, count: int, seed: int = 0):
+        super().__init__()
+        self.width, self.count, self.seed = width, count, seed
+        self.calls = 0
+
+    def forward(self, device: torch.device) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        self.calls += 1
+        a = torch.randn(self.width, self.count, generator=g)
+        return (a / a.norm(dim=0, keepdim=True)).to(device)
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"calls": self.calls}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.calls = int(state["calls"])
+
+
 def jepa_loss(pred: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
     if cfg.kind == "l2":
         return F.mse_loss(pred, target)
@@ -164,6 +205,8 @@ class JEPA(nn.Module):
         pf, pt = recipe.encoder.patch
         out = pf * pt if recipe.target.source == "input" else None
         self.predictor = Predictor(recipe.predictor, recipe.encoder.width, self.crop_grid, out)
+        if recipe.loss.sigreg_weight:
+            self.slices = Slices(recipe.encoder.width, recipe.loss.sigreg_slices)
         if recipe.loss.global_weight:
             d = recipe.encoder.width
             self.global_head = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
@@ -224,6 +267,11 @@ class JEPA(nn.Module):
         if lc.var_weight or lc.cov_weight:
             var, cov = variance_covariance(ctx.mean(1))
             loss = loss + lc.var_weight * var + lc.cov_weight * cov
+        if lc.sigreg_weight:
+            clip = ctx.float().mean(1)  # (B*M, D): what the probes read, one row a clip
+            with torch.autocast(clip.device.type, enabled=False):  # projections in fp32
+                sig = epps_pulley(clip @ self.slices(clip.device))
+            loss = loss + lc.sigreg_weight * sig
         if lc.global_weight:
             whole = full  # a full-input target pass over this crop serves the term too
             if other is not None or whole is None:

@@ -426,7 +426,8 @@ def train(
                 # Rank of the target tokens before normalisation (ceiling: the width).
                 raw = out.raw_targets.detach().reshape(-1, out.raw_targets.shape[-1])
                 rec["target_token_rank"] = effective_rank(raw[:: max(1, len(raw) // 2048)])
-                if recipe.loss.var_weight or recipe.loss.cov_weight:
+                lc = recipe.loss
+                if lc.var_weight or lc.cov_weight or lc.sigreg_weight:
                     rec["prediction_loss"] = float(out.prediction_loss)
             if step % collapse_every == 0 or last:
                 model.eval()

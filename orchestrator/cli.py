@@ -151,32 +151,22 @@ def run(
 
     with user_errors():
         spec = load_spec(experiments, output)
-        spec = _launcher_flags(
-            spec,
-            name=launcher,
-            partition=partition,
-            gpus_per_trial=gpus_per_trial,
-            cpus_per_trial=cpus_per_trial,
-            mem=mem,
-            time_min=time_min,
-            max_parallel=max_parallel,
-            account=account,
-            qos=qos,
-            extra=tuple(sbatch or ()),
-        )
+        # Each Slurm flag by its name on the command line and its launcher field.
         slurm_only = {
-            "--partition": partition,
-            "--gpus-per-trial": gpus_per_trial,
-            "--cpus-per-trial": cpus_per_trial,
-            "--mem": mem,
-            "--time-min": time_min,
-            "--max-parallel": max_parallel,
-            "--account": account,
-            "--qos": qos,
-            "--sbatch": sbatch or None,
-            "--wait": wait or None,
+            ("--partition", "partition"): partition,
+            ("--gpus-per-trial", "gpus_per_trial"): gpus_per_trial,
+            ("--cpus-per-trial", "cpus_per_trial"): cpus_per_trial,
+            ("--mem", "mem"): mem,
+            ("--time-min", "time_min"): time_min,
+            ("--max-parallel", "max_parallel"): max_parallel,
+            ("--account", "account"): account,
+            ("--qos", "qos"): qos,
+            ("--sbatch", "extra"): tuple(sbatch or ()),
         }
-        given = [flag for flag, value in slurm_only.items() if value is not None]
+        fields = {field: value for (_, field), value in slurm_only.items()}
+        spec = _launcher_flags(spec, name=launcher, **fields)
+        slurm_only[("--wait", "")] = wait or None
+        given = [flag for (flag, _), value in slurm_only.items() if value not in (None, ())]
         if given and spec.launcher.name != "slurm":
             one = len(given) == 1
             raise AblError(

@@ -65,6 +65,8 @@ KEY_NEUTRAL: dict[str, Any] = {
     "encoder.stem": "linear",
     "probe.repeats": 1,
     "probe.tolerance": 1e-4,
+    "loss.sigreg_weight": 0.0,
+    "loss.sigreg_slices": 256,
 }
 
 # Data set name -> the content hash of its prepared audio.

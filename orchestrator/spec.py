@@ -79,6 +79,7 @@ MAX_DEPTH = 64  # transformer blocks, encoder and predictor
 MAX_WIDTH = 8192  # channels
 MAX_MLP_RATIO = 64.0
 MAX_SAMPLES = 65_536  # a step's samples: train.batch_size x mask.per_crop
+MAX_SLICES = 8192  # loss.sigreg_slices: random directions a step
 # A factorial design validates every cell: count each frontend's empty filters once.
 _empty_mel_filters = functools.lru_cache(maxsize=64)(empty_mel_filters)
 # A number written as text that YAML 1.1 leaves a string: "1e-3", "5E+2", "-2.5e3".
@@ -704,6 +705,12 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         )
     if r.loss.var_weight < 0 or r.loss.cov_weight < 0:
         raise bad("loss.var_weight", "and loss.cov_weight must be >= 0 (0: off)")
+    if not 1 <= r.loss.sigreg_slices <= MAX_SLICES:
+        raise bad(
+            "loss.sigreg_slices",
+            f"= {r.loss.sigreg_slices} must be between 1 and {MAX_SLICES} (LeJEPA uses 256 to "
+            "1024 random directions a step)",
+        )
     one_of("probe.protocol", r.probe.protocol, PROTOCOLS)
     if r.probe.folds < 3:
         raise bad(

@@ -83,6 +83,14 @@ BAD = {
         lambda s: s["baseline"]["loss"].update(global_temperature=0.0),
         ["loss.global_temperature", "> 0"],
     ),
+    "negative SIGReg weight": (
+        lambda s: s["baseline"]["loss"].update(sigreg_weight=-0.1),
+        ["loss.sigreg_weight", "must not be negative"],
+    ),
+    "SIGReg without directions": (
+        lambda s: s["baseline"]["loss"].update(sigreg_weight=0.05, sigreg_slices=0),
+        ["loss.sigreg_slices", "between 1 and 8192"],
+    ),
     "crop not a whole number of patches": (
         lambda s: s["baseline"]["train"].update(crop_frames=100),
         ["train.crop_frames", "multiple of encoder.patch"],
