@@ -178,6 +178,8 @@ def run(
         trials = expand(spec)
         if not dry_run:
             check_size(spec, len(trials), yes)
+        if spec.launcher.name == "local":
+            _check_memory(spec, trials, jobs)
         if dry_run:
             from orchestrator.prepare import check_storage
 
@@ -331,6 +333,24 @@ def worker(
             _say("stopped: the running trial was released; another worker resumes it")
             raise typer.Exit(130) from None
         _say(f"worker done: ran {ran}, failed {failed}")
+
+
+def _check_memory(spec, trials, jobs: int | None) -> None:  # noqa: ANN001
+    """Refuse a study whose cells cannot train on this machine, before anything is written:
+    the model's weights, gradients and optimiser state alone (`model.memory`) times the local
+    workers training at once."""
+    from model.memory import check_fits
+    from model.train import pick_device
+    from orchestrator.workers import default_jobs
+
+    workers = min(jobs if jobs and jobs > 0 else default_jobs(), len(trials))
+    seen = set()
+    for t in trials:
+        if t.recipe not in seen:
+            seen.add(t.recipe)
+            cell = "the baseline" if t.axis == "baseline" else f"cell {t.axis}={t.setting}"
+            where = f"{spec.source}: {cell}"
+            check_fits(t.recipe, where, pick_device(), workers, "pass fewer --jobs")
 
 
 def _launcher_flags(spec, **flags):  # noqa: ANN001, ANN003, ANN202

@@ -18,8 +18,9 @@ from model.embed import clip_embeddings
 from model.errors import AblError, no_room
 from model.filelock import exclusive
 from model.flops import train_step_flops
+from model.memory import check_fits
 from model.probe import knn_accuracy
-from model.train import train
+from model.train import pick_device, train
 from orchestrator.grid import TrialSpec, axis_choices, semantic_config
 from orchestrator.ledger import Claim
 from orchestrator.probing import encoder_features, probed_encoder, score
@@ -43,6 +44,8 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
             f"{trial.label}: pretraining data {', '.join(unprepared)} is not prepared; run "
             f"`abl data prepare --task {unprepared[0]}` (abl run and abl worker prepare it)"
         )
+    # A recipe this machine cannot hold fails here in one line, not out of memory mid-trial.
+    check_fits(recipe, trial.label, pick_device())
     config = semantic_config(recipe)
     tags = {
         "abl.role": "trial",
