@@ -38,14 +38,22 @@ def pretraining_lock(ckpt: Path) -> contextlib.AbstractContextManager[None]:
 def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> bool:
     """Pretrain, probe and record one trial; returns True when it finished."""
     recipe = trial.recipe
-    if trial.provisional:  # its key would name data by a placeholder: never stored
-        unprepared = [n for n in recipe.data.corpus if n not in trial.contents]
-        raise AblError(
-            f"{trial.label}: pretraining data {', '.join(unprepared)} is not prepared; run "
-            f"`abl data prepare --task {unprepared[0]}` (abl run and abl worker prepare it)"
-        )
-    # A recipe this machine cannot hold fails here in one line, not out of memory mid-trial.
-    check_fits(recipe, trial.label, pick_device())
+    try:
+        if trial.provisional:  # its key would name data by a placeholder: never stored
+            unprepared = [n for n in recipe.data.corpus if n not in trial.contents]
+            raise AblError(
+                f"{trial.label}: pretraining data {', '.join(unprepared)} is not prepared; run "
+                f"`abl data prepare --task {unprepared[0]}` (abl run and abl worker prepare it)"
+            )
+        # A recipe this machine cannot hold fails here in one line, not out of memory
+        # mid-trial.
+        check_fits(recipe, trial.label, pick_device())
+    except AblError as e:
+        # Refused before it started: handed back, not counted as an attempt, for a worker
+        # (or a later run) that can run it.
+        if claim is not None:
+            st.ledger.fail(claim, f"released: {e}", released=True)
+        raise
     config = semantic_config(recipe)
     tags = {
         "abl.role": "trial",

@@ -82,3 +82,39 @@ def test_check_fits_names_what_it_was_given():
     big = with_value(big, "encoder.heads", 64)
     with pytest.raises(AblError, match="^masking=time seed=0: training needs at least"):
         check_fits(big, "masking=time seed=0", CPU)
+
+
+def test_a_worker_too_small_for_a_trial_hands_it_back(tmp_path, tiny_experiments, monkeypatch):
+    """A study enqueued where its cells fit, met by a worker that cannot hold them (a smaller
+    machine): the worker refuses in one line and releases the trial, not counting an
+    attempt, and nothing is recorded as run; a worker that can hold it runs it."""
+    import sqlite3
+
+    import optuna
+
+    import model.memory
+    import orchestrator.cli
+
+    exp = tiny_experiments(axes={"masking": {"path": "mask.strategy", "values": ["time"]}})
+    out = tmp_path / "out"
+    # The coordinator's machine holds the study (its check passes); this worker's holds
+    # nothing: the machine's memory is the one thing faked.
+    monkeypatch.setattr(orchestrator.cli, "_check_memory", lambda *a: None)
+    monkeypatch.setattr(model.memory, "machine_bytes", lambda device: 1)
+    res = runner.invoke(app, ["run", "-j", "1", str(exp), "--no-report"])
+    assert res.exit_code == 2, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("abl: error:") and "training needs at least" in last
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+    tried = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert len(tried) == 1 and tried[0].user_attrs.get("released")
+    assert "training needs at least" in tried[0].user_attrs["error"]
+    db = sqlite3.connect(out / "results.db")
+    rows = db.execute("select axis, setting from trials").fetchall()
+    assert rows and ("masking", "time") not in rows, rows  # the references ran, not the trial
+    monkeypatch.undo()
+    res = runner.invoke(app, ["run", "-j", "1", str(exp), "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert "failed 0" in res.output
+    rows = db.execute("select axis, setting, status from trials").fetchall()
+    assert ("masking", "time", "done") in rows, rows
