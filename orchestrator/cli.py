@@ -794,7 +794,14 @@ def data_prepare(
             raise AblError(f"--jobs {jobs}: prepare with 1 or more processes")
         root, custom, corpus = _data_context(data, experiments)
         names = list(dict.fromkeys(task or [*sorted(TASKS), *(t.name for t in custom)]))
-        _prepare_tasks(names, root, custom, force, jobs or os.cpu_count() or 1)
+        try:
+            _prepare_tasks(names, root, custom, force, jobs or os.cpu_count() or 1)
+        except KeyboardInterrupt:
+            _say(
+                "stopped: the tasks prepared so far are kept, none is half-written; "
+                "`abl data prepare` again prepares the rest"
+            )
+            raise typer.Exit(130) from None
         if corpus and all((root / "tasks" / n / "task.json").is_file() for n in corpus):
             tasks = [load_task(n, root, custom) for n in corpus]
             hours = write_corpus_manifest(tasks, root / "corpus.csv")

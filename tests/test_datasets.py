@@ -80,6 +80,39 @@ def test_second_prepare_is_cheap_and_interrupted_one_is_not_complete(tmp_path, m
     assert [p.name for p in (data / "tasks").iterdir() if (p / META).is_file()] == ["mine"]
 
 
+def test_ctrl_c_while_decoding_is_taken_between_clips(tmp_path, monkeypatch):
+    """A real SIGINT in the middle of a clip (where soundfile's cffi callbacks would print
+    and swallow a KeyboardInterrupt) stops the preparation at the next clip: KeyboardInterrupt
+    is raised, no partial task is left, and Ctrl-C's handler is what it was."""
+    import os
+    import signal
+
+    import model.data.datasets as ds
+
+    custom = folder_task(tmp_path / "src")
+    data = tmp_path / "data"
+    calls = {"n": 0}
+    real_save = ds.save_flac
+
+    def interrupted_save(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # lands while this clip is being written
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(ds, "save_flac", interrupted_save)
+    # Test runners may ignore Ctrl-C; a terminal's process gets Python's default handler.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            prepare_task("mine", data, log=lambda _m: None, custom=custom)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert calls["n"] == 5  # the clip being written finished; no clip after it was started
+    assert not [p for p in (data / "tasks").iterdir() if p.is_dir()]  # nothing half-written
+
+
 def test_missing_folder_and_unknown_task_are_clear_errors(tmp_path):
     with pytest.raises(AblError, match="no-such-task"):
         prepare_task("no-such-task", tmp_path, log=lambda _m: None)
@@ -133,3 +166,41 @@ def test_copies_join_their_groups_transitively() -> None:
     group_of, joined = _merge_copies(clips)
     assert group_of == {"b1": "a", "c1": "a", "c2": "a"}
     assert joined == 2
+
+
+def test_abl_data_prepare_stopped_by_ctrl_c_says_so_in_one_line(tmp_path):
+    """Ctrl-C from a terminal (the whole process group) during `abl data prepare`: exit 130,
+    one line saying what is kept, no traceback (cffi's included), and no partial task."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    abl = str(Path(sys.executable).with_name("abl"))
+    data = tmp_path / "data"
+    p = subprocess.Popen(
+        [abl, "data", "prepare", "--data", str(data), "--task", "corpus-0ad", "-j", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        first = ""
+        while "preparing" not in first:  # decoding has started
+            assert select.select([p.stdout], [], [], 120)[0], "no progress within 2 min"
+            first = p.stdout.readline()
+            assert first, "abl data prepare ended before decoding"
+        time.sleep(1.0)
+        os.killpg(p.pid, signal.SIGINT)
+        rest, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, rest
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    assert rest.strip().splitlines()[-1].startswith("stopped: the tasks prepared so far")
+    tasks = data / "tasks"
+    assert not [q for q in tasks.iterdir() if q.is_dir()], list(tasks.iterdir())

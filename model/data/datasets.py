@@ -8,12 +8,15 @@ task that looks ready.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -176,23 +179,11 @@ def _prepare(
     pcm: dict[str, str] = {}
     skipped: Counter[str] = Counter()
     skipped_files: list[dict[str, str]] = []
-    for clip in _progress(raw, log, name):
-        try:
-            wave = load_audio(clip.read(), PREPARED_RATE, name=clip.name)
-        except AudioError as e:
-            skipped["unreadable"] += 1
-            skipped_files.append({"clip": clip.name, "reason": str(e)})
-            continue
-        if is_silent(wave):
-            skipped["silent"] += 1
-            skipped_files.append({"clip": clip.name, "reason": "silent"})
-            continue
-        wave = wave[: int(getattr(source, "max_seconds", MAX_SECONDS) * PREPARED_RATE)]
-        rel = prepared_file(clip.name)
-        save_flac(work / rel, wave, PREPARED_RATE)
-        pcm[rel] = _pcm_sha1(work / rel)
-        digest = hashlib.sha1((work / rel).read_bytes()).hexdigest()
-        decoded.append((clip, rel, round(len(wave) / PREPARED_RATE, 4), digest))
+    with _ctrl_c_between_clips() as stop:
+        for clip in _progress(raw, log, name):
+            if stop.is_set():
+                break
+            _decode_one(clip, source, work, decoded, pcm, skipped, skipped_files)
     _check_usable(name, source, raw, decoded, skipped, skipped_files)
     # One recording under two names (a game reusing a sound) must not sit in two folds: clips
     # with the same samples join one group, whatever groups their source gave them.
@@ -302,6 +293,57 @@ def source_stamp(source: TaskSource) -> str:
         return str(stamp())
     versions = {p: package_version(p) for p in source.packages}
     return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _decode_one(
+    clip: RawClip,
+    source: TaskSource,
+    work: Path,
+    decoded: list[tuple[RawClip, str, float, str]],
+    pcm: dict[str, str],
+    skipped: Counter[str],
+    skipped_files: list[dict[str, str]],
+) -> None:
+    """Decode, resample and store one clip into `work`, or count why it was skipped."""
+    try:
+        wave = load_audio(clip.read(), PREPARED_RATE, name=clip.name)
+    except AudioError as e:
+        skipped["unreadable"] += 1
+        skipped_files.append({"clip": clip.name, "reason": str(e)})
+        return
+    if is_silent(wave):
+        skipped["silent"] += 1
+        skipped_files.append({"clip": clip.name, "reason": "silent"})
+        return
+    wave = wave[: int(getattr(source, "max_seconds", MAX_SECONDS) * PREPARED_RATE)]
+    rel = prepared_file(clip.name)
+    save_flac(work / rel, wave, PREPARED_RATE)
+    pcm[rel] = _pcm_sha1(work / rel)
+    digest = hashlib.sha1((work / rel).read_bytes()).hexdigest()
+    decoded.append((clip, rel, round(len(wave) / PREPARED_RATE, 4), digest))
+
+
+@contextlib.contextmanager
+def _ctrl_c_between_clips() -> Iterator[threading.Event]:
+    """Ctrl-C while decoding, taken between two clips. soundfile reads through cffi
+    callbacks, and cffi prints and swallows an exception raised inside one: a Ctrl-C landing
+    there would leave a traceback on the screen and the decoding going on. So the handler
+    only notes the signal, the loop stops at the next clip, and KeyboardInterrupt is raised
+    here on the way out. Where no handler can be set (outside the main thread), or Ctrl-C is
+    ignored, nothing changes."""
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else signal.SIG_IGN
+    if previous is signal.SIG_IGN or previous is None:
+        yield stop
+        return
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if stop.is_set():
+        raise KeyboardInterrupt
 
 
 def changed_since_prepared(name: str, data_root: Path, custom: tuple[TaskDef, ...] = ()) -> bool:
