@@ -344,13 +344,13 @@ def _check_memory(spec, trials, jobs: int | None) -> None:  # noqa: ANN001
     from orchestrator.workers import default_jobs
 
     workers = min(jobs if jobs and jobs > 0 else default_jobs(), len(trials))
-    seen = set()
+    device = pick_device()
+    cells: dict = {}  # each recipe once (its seeds share it), by its first trial
     for t in trials:
-        if t.recipe not in seen:
-            seen.add(t.recipe)
-            cell = "the baseline" if t.axis == "baseline" else f"cell {t.axis}={t.setting}"
-            where = f"{spec.source}: {cell}"
-            check_fits(t.recipe, where, pick_device(), workers, "pass fewer --jobs")
+        cells.setdefault(t.recipe, t)
+    for recipe, t in cells.items():
+        cell = "the baseline" if t.axis == "baseline" else f"cell {t.axis}={t.setting}"
+        check_fits(recipe, f"{spec.source}: {cell}", device, workers, "pass fewer --jobs")
 
 
 def _launcher_flags(spec, **flags):  # noqa: ANN001, ANN003, ANN202

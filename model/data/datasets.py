@@ -183,7 +183,22 @@ def _prepare(
         for clip in _progress(raw, log, name):
             if stop.is_set():
                 break
-            _decode_one(clip, source, work, decoded, pcm, skipped, skipped_files)
+            try:
+                wave = load_audio(clip.read(), PREPARED_RATE, name=clip.name)
+            except AudioError as e:
+                skipped["unreadable"] += 1
+                skipped_files.append({"clip": clip.name, "reason": str(e)})
+                continue
+            if is_silent(wave):
+                skipped["silent"] += 1
+                skipped_files.append({"clip": clip.name, "reason": "silent"})
+                continue
+            wave = wave[: int(getattr(source, "max_seconds", MAX_SECONDS) * PREPARED_RATE)]
+            rel = prepared_file(clip.name)
+            save_flac(work / rel, wave, PREPARED_RATE)
+            pcm[rel] = _pcm_sha1(work / rel)
+            digest = hashlib.sha1((work / rel).read_bytes()).hexdigest()
+            decoded.append((clip, rel, round(len(wave) / PREPARED_RATE, 4), digest))
     _check_usable(name, source, raw, decoded, skipped, skipped_files)
     # One recording under two names (a game reusing a sound) must not sit in two folds: clips
     # with the same samples join one group, whatever groups their source gave them.
@@ -293,34 +308,6 @@ def source_stamp(source: TaskSource) -> str:
         return str(stamp())
     versions = {p: package_version(p) for p in source.packages}
     return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _decode_one(
-    clip: RawClip,
-    source: TaskSource,
-    work: Path,
-    decoded: list[tuple[RawClip, str, float, str]],
-    pcm: dict[str, str],
-    skipped: Counter[str],
-    skipped_files: list[dict[str, str]],
-) -> None:
-    """Decode, resample and store one clip into `work`, or count why it was skipped."""
-    try:
-        wave = load_audio(clip.read(), PREPARED_RATE, name=clip.name)
-    except AudioError as e:
-        skipped["unreadable"] += 1
-        skipped_files.append({"clip": clip.name, "reason": str(e)})
-        return
-    if is_silent(wave):
-        skipped["silent"] += 1
-        skipped_files.append({"clip": clip.name, "reason": "silent"})
-        return
-    wave = wave[: int(getattr(source, "max_seconds", MAX_SECONDS) * PREPARED_RATE)]
-    rel = prepared_file(clip.name)
-    save_flac(work / rel, wave, PREPARED_RATE)
-    pcm[rel] = _pcm_sha1(work / rel)
-    digest = hashlib.sha1((work / rel).read_bytes()).hexdigest()
-    decoded.append((clip, rel, round(len(wave) / PREPARED_RATE, 4), digest))
 
 
 @contextlib.contextmanager
