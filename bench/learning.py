@@ -124,6 +124,7 @@ def main() -> None:
                         "probe_s": round(probe_s, 1),
                         "samples_per_s": round(res.samples_per_s, 1),
                         "padding_share": round(res.padding_share, 4),
+                        "silence_share": round(res.silence_share, 4),
                         "final_loss": last.get("loss", float("nan")),
                         "target_token_rank": last.get("target_token_rank"),
                         "rank_context": last.get("rank.context"),

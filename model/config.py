@@ -47,6 +47,13 @@ class DataConfig:
     # share of the power uniform in [0, mix) (BYOL-A's log-mixup-exp); the target encoder
     # hears it clean, so the prediction is also a denoising. 0 = off.
     mix: float = 0.0
+    # The context encoder hears each crop (mixed, with `mix`) at a gain uniform in
+    # [-gain_db, +gain_db] dB, one per crop; the target encoder hears it as recorded, so the
+    # encoder learns what does not change with the level. 0 = off.
+    gain_db: float = 0.0
+    # A crop with more than this share of its frames digital silence (every band at the
+    # log-mel floor: exact zeros in the audio) is drawn again, up to 8 times; 1 = off.
+    max_silence: float = 1.0
     tasks: tuple[TaskDef, ...] = ()  # bring-your-own data sets, usable as probe or corpus tasks
 
 
@@ -154,6 +161,9 @@ class TrainConfig:
     # random time offset of the encoder's position grid (every position is trained), so the
     # encoder trains on short inputs, cheaper per crop, and is probed on frontend.frames.
     crop_frames: int = 0
+    # Largest global gradient norm a step applies (a larger one is scaled down to it, before
+    # AdamW); 0: no clipping. The norm before clipping is what `grad_norm` records.
+    grad_clip: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,22 @@ GLOBAL_LOSSES = ("l2", "nce")
 
 def input_views(recipe: RecipeConfig) -> int:
     """Crops of one recording a training step takes per row: 2 where the clip-level term reads
-    another crop of the same recording (channel 1), else 1. With `data.mix` the sampler adds
-    one more channel after them, the context encoder's (mixed) input."""
+    another crop of the same recording (channel 1), else 1. Where `hears_other`, the sampler
+    adds one more channel after them: the crop as the context encoder hears it."""
     lc = recipe.loss
     return 2 if lc.global_weight and lc.global_view == "other" else 1
 
 
+def hears_other(recipe: RecipeConfig) -> bool:
+    """Whether the context encoder hears the crop otherwise than the target encoder: mixed
+    with another (`data.mix`) or at another level (`data.gain_db`), in a channel of its own."""
+    return bool(recipe.data.mix or recipe.data.gain_db)
+
+
 def input_channels(recipe: RecipeConfig) -> int:
-    """Channels of the tensor a training step takes: the views, plus the mixed input."""
-    return input_views(recipe) + (1 if recipe.data.mix else 0)
+    """Channels of the tensor a training step takes: the views, plus the context encoder's
+    input where it differs (`hears_other`)."""
+    return input_views(recipe) + (1 if hears_other(recipe) else 0)
 
 
 class StepOutput(NamedTuple):
@@ -224,11 +231,11 @@ class JEPA(nn.Module):
 
     def forward(self, x: torch.Tensor, masks: Masks) -> StepOutput:
         """x (B, V, M, T): channel 0 the crop, channel 1 (see `input_views`) another crop of
-        the same recording, the last with `data.mix` the crop as the context encoder hears it
+        the same recording, the last (`hears_other`) the crop as the context encoder hears it
         (`input_channels`); masks for B * mask.per_crop samples: the masks of crop b are rows
         b * per_crop .. (b + 1) * per_crop - 1."""
         tc, lc = self.recipe.target, self.recipe.loss
-        heard = x[:, -1:] if self.recipe.data.mix else None  # the context encoder's input
+        heard = x[:, -1:] if hears_other(self.recipe) else None  # the context encoder's input
         if heard is not None:
             x = x[:, :-1]
         other = x[:, 1:2] if x.shape[1] > 1 else None

@@ -60,6 +60,7 @@ class TrainResult:
     precision: str = ""
     attention: str = ""
     padding_share: float = 0.0  # share of the input frames drawn that were padding
+    silence_share: float = 0.0  # share of the input frames drawn that were digital silence
 
 
 class Batches:
@@ -94,7 +95,9 @@ class Batches:
         def produce() -> None:
             try:
                 for step in range(start, tc.steps):
-                    x = sampler.batch(tc.batch_size, views, mix=recipe.data.mix)
+                    x = sampler.batch(
+                        tc.batch_size, views, mix=recipe.data.mix, gain_db=recipe.data.gain_db
+                    )
                     state = json.dumps(sampler.rng.bit_generator.state)
                     m = sample_masks(
                         tc.batch_size * recipe.mask.per_crop,
@@ -227,6 +230,7 @@ def save_checkpoint(
         # apart) and trains no step of its own.
         "samples_per_s": result.samples_per_s,
         "padding_share": result.padding_share,
+        "silence_share": result.silence_share,
         "data_wait_s": result.data_wait_s,
         "config": json.dumps(dataclasses.asdict(model.recipe)),  # what built these weights
         "normalizer": [sampler.norm.mean, sampler.norm.std],  # what the inputs were scaled by
@@ -250,6 +254,7 @@ def load_checkpoint(
     result.precision = str(state.get("precision", ""))  # absent in checkpoints before it
     result.samples_per_s = float(state.get("samples_per_s", 0.0))
     result.padding_share = float(state.get("padding_share", 0.0))
+    result.silence_share = float(state.get("silence_share", 0.0))
     result.data_wait_s = float(state.get("data_wait_s", 0.0))
 
 
@@ -260,17 +265,21 @@ def train_step(
     masks: Masks,
     momentum: float,
     bf16: bool,
+    clip: float = 0.0,
 ) -> tuple[StepOutput, torch.Tensor]:
     """One optimiser step and EMA update; returns the step's output and a device tensor of
-    (loss, gradient norm), read back by the caller when it chooses (no host sync here)."""
+    (loss, gradient norm before any clipping), read back by the caller when it chooses (no
+    host sync here). `clip` > 0 scales a gradient whose global norm exceeds it down to it."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x, masks)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     # The norm alone: clip_grad_norm_ with an infinite bound would also multiply every
     # gradient by 1.
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.get_total_norm(grads)
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if clip > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, clip, grad_norm)
     opt.step()
     model.update_target(momentum)
     return out, torch.stack([out.loss.detach().float(), grad_norm.float()])
@@ -415,7 +424,7 @@ def train(
             x, masks = batches.next()
             x, masks = x.to(dev, non_blocking=True), masks.to(dev, non_blocking=True)
             m = momentum_at(step, tc.steps, tc.ema_start, tc.ema_end)
-            out, values = train_step(model, opt, x, masks, m, bf16)
+            out, values = train_step(model, opt, x, masks, m, bf16, tc.grad_clip)
             rec = {"step": step, "lr": lr, "momentum": m}
             pending.append((rec, values))
             last = step == tc.steps - 1
@@ -458,6 +467,7 @@ def train(
         return model, result
     result.data_wait_s = batches.wait_s
     result.padding_share = sampler.padding_share
+    result.silence_share = sampler.silence_share
     result.wall_s = time.perf_counter() - t0
     result.samples_per_s = ran / max(time.perf_counter() - t_start, 1e-9)
     if checkpoint is not None and result.failed is None:

@@ -14,6 +14,7 @@ from model.data.features import (
     Normalizer,
     corpus_normalizer,
     load_features,
+    silence_floor,
 )
 from model.errors import AblError
 
@@ -65,6 +66,8 @@ class DataBank:
             self.normalizer(recipe),
             seed=seed,
             sampling=recipe.data.sampling,
+            max_silence=recipe.data.max_silence,
+            floor=silence_floor(recipe.frontend),
         )
 
     def normalizer(self, recipe: RecipeConfig) -> Normalizer:

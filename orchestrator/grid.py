@@ -67,6 +67,9 @@ KEY_NEUTRAL: dict[str, Any] = {
     "probe.tolerance": 1e-4,
     "loss.sigreg_weight": 0.0,
     "loss.sigreg_slices": 256,
+    "train.grad_clip": 0.0,
+    "data.max_silence": 1.0,
+    "data.gain_db": 0.0,
 }
 
 # Data set name -> the content hash of its prepared audio.

@@ -179,6 +179,7 @@ def run_trial(st: Study, trial: TrialSpec, claim: Claim | None, log: Log) -> boo
             ("train", "probe_share"): scores.seconds / max(result.wall_s, 1e-9),
             ("train", "data_s"): data_s + result.data_wait_s,
             ("train", "padding_share"): result.padding_share,
+            ("train", "silence_share"): result.silence_share,
             ("train", "data_wait_share"): result.data_wait_s / max(result.wall_s, 1e-9),
         }
     )

@@ -80,6 +80,8 @@ MAX_WIDTH = 8192  # channels
 MAX_MLP_RATIO = 64.0
 MAX_SAMPLES = 65_536  # a step's samples: train.batch_size x mask.per_crop
 MAX_SLICES = 8192  # loss.sigreg_slices: random directions a step
+MIN_EPS = 1e-30  # frontend.eps: float32 (normal from 1.2e-38) still adds it
+MAX_GAIN_DB = 40.0  # data.gain_db: dB; a level change past it is surely a typo
 # A factorial design validates every cell: count each frontend's empty filters once.
 _empty_mel_filters = functools.lru_cache(maxsize=64)(empty_mel_filters)
 # A number written as text that YAML 1.1 leaves a string: "1e-3", "5E+2", "-2.5e3".
@@ -494,10 +496,18 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         if value not in known:
             raise bad(key, f"= {value!r}; use one of {', '.join(known)}")
 
+    def within(key: str, value: float, low: float, high: float, what: str) -> None:
+        if not low <= value <= high:
+            raise bad(key, f"= {value} must be in [{low:g}, {high:g}]: {what}")
+
     _check_every_setting(r, bad)
     fe, enc, pred = r.frontend, r.encoder, r.predictor
-    if not fe.eps > 0:
-        raise bad("frontend.eps", f"= {fe.eps} must be positive (it keeps log(mel) finite)")
+    if not fe.eps >= MIN_EPS:
+        raise bad(
+            "frontend.eps",
+            f"= {fe.eps} must be at least {MIN_EPS:g}: it keeps log(mel) of silence finite, and "
+            "float32 arithmetic drops a smaller one (log(0) = -inf); the default is 1e-7",
+        )
     if not SAMPLE_RATES[0] <= fe.sample_rate <= SAMPLE_RATES[1]:
         low, high = SAMPLE_RATES
         raise bad(
@@ -692,6 +702,21 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
             f"= {crop}: use 0 (the input length) or a multiple of encoder.patch's "
             f"{enc.patch[1]} frames up to frontend.frames = {fe.frames}",
         )
+    within(
+        "data.max_silence",
+        r.data.max_silence,
+        0.0,
+        1.0,
+        "the largest share of a crop's frames that may be digital silence before it is drawn "
+        "again (1 = off)",
+    )
+    within(
+        "data.gain_db",
+        r.data.gain_db,
+        0.0,
+        MAX_GAIN_DB,
+        "the largest level change in dB the context encoder hears a crop at (0 = off)",
+    )
     if not 0.0 <= r.data.mix < 1.0:
         raise bad("data.mix", f"= {r.data.mix} must be in [0, 1): the other crop's largest share")
     if r.mask.per_crop < 1:

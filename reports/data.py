@@ -323,7 +323,8 @@ def interactions(res: Results) -> list[tuple[str, str, pd.DataFrame, float]]:
 
 COST_COLUMNS = [
     *("label", "seed", "wall_s", "data_s", "train_s", "probe_s", "other_s"),
-    *("flops_per_step", "gflops_per_s", "padding_share", "precision", "attention"),
+    *("flops_per_step", "gflops_per_s", "padding_share", "silence_share"),
+    *("precision", "attention"),
 ]
 
 
@@ -345,7 +346,11 @@ def cost(res: Results) -> pd.DataFrame:
         return pd.DataFrame(columns=COST_COLUMNS)
     figures = res.train.pivot_table(index="key", columns="metric", values="value")
     t = t.join(figures, on="key")
-    for c in ("data_s", "train_s", "probe_s", "flops_per_step", "gflops_per_s", "padding_share"):
+    # A figure a trial did not record reads as missing (silence_share: older trials).
+    for c in (
+        *("data_s", "train_s", "probe_s", "flops_per_step", "gflops_per_s"),
+        *("padding_share", "silence_share"),
+    ):
         if c not in t.columns:
             t[c] = math.nan
     for c in ("precision", "attention"):  # what auto resolved to, per trial (None: not known)

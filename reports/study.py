@@ -212,6 +212,7 @@ def render_study_page(
                 ("flops_per_step", "GFLOP / step", lambda x: num(float(x) / 1e9, "{:.2f}")),
                 ("gflops_per_s", "GFLOP/s", lambda x: num(x, "{:.0f}")),
                 ("padding_share", "padded input %", lambda x: num(100 * float(x), "{:.1f}")),
+                ("silence_share", "silent input %", lambda x: num(100 * float(x), "{:.1f}")),
                 ("precision", "precision", None),
                 ("attention", "attention", None),
             ],

@@ -40,6 +40,7 @@ def _dataset(root: Path, env_sfx: PreparedTask) -> int:
     data = (bad / "whole.flac").read_bytes()
     (bad / "truncated.flac").write_bytes(data[: len(data) // 3])
     (bad / "whole.flac").unlink()
+    (bad / "moved.wav").symlink_to(root / "nowhere.wav")  # a link whose file went
     return sum(1 for _ in root.rglob("clip*.wav"))  # the good ones
 
 
@@ -65,7 +66,7 @@ def test_bad_clips_are_skipped_counted_and_the_study_runs_on(tmp_path, env_sfx):
 
     prep = runner.invoke(app, ["data", "prepare", "--task", "mixed", "-e", str(exp)])
     assert prep.exit_code == 0, prep.output
-    assert "mixed: skipped 4 clips" in prep.output
+    assert "mixed: skipped 5 clips" in prep.output
 
     res = runner.invoke(app, ["run", "-j", "1", str(exp)])
     assert res.exit_code == 0, res.output
@@ -76,9 +77,9 @@ def test_bad_clips_are_skipped_counted_and_the_study_runs_on(tmp_path, env_sfx):
     status = runner.invoke(app, ["status", str(exp)])
     assert status.exit_code == 0, status.output
     assert (
-        f"data: {good} clips in 1 tasks; 4 clips skipped in 1 task when prepared: "
-        "mixed 1 silent, 3 unreadable" in status.output
+        f"data: {good} clips in 1 tasks; 5 clips skipped in 1 task when prepared: "
+        "mixed 1 silent, 4 unreadable" in status.output
     )
     page = (tmp_path / "out" / "reports" / "bad-audio" / "index.html").read_text()
-    assert "Audio skipped: 4 clips could not be used" in page
-    assert f"mixed: 1 silent, 3 unreadable (of {good + 4} files; {good} used)" in page
+    assert "Audio skipped: 5 clips could not be used" in page
+    assert f"mixed: 1 silent, 4 unreadable (of {good + 5} files; {good} used)" in page

@@ -68,6 +68,9 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
         assert [m.step for m in knn] == [1, 2, 3] and all(0 <= m.value <= 1 for m in knn)
         assert 0 <= run.data.metrics["env-sfx.val_accuracy"] <= 1
         assert run.data.metrics["train.probe_share"] > 0
+        # What the crops held: padding and digital silence, each a share of the frames drawn.
+        assert 0 <= run.data.metrics["train.padding_share"] < 1
+        assert 0 <= run.data.metrics["train.silence_share"] < 1
         # Embeddings are cached per trial (checkpoint), task and split.
         cached = sorted(p.name.split("-")[2] for p in (out / "embeddings" / key).glob("*.npy"))
         assert cached == ["test", "train", "val"]
@@ -110,6 +113,7 @@ def test_run_then_report_records_every_trial(tmp_path, tiny_experiments):
     # The overview and the axis page, from real results, in a real browser.
     index = out / "reports" / "tiny" / "index.html"
     assert "Ablation map" in own_text(index) and "Seeds too few to tell" in own_text(index)
+    assert "padded input %" in own_text(index) and "silent input %" in own_text(index)
     for p, titles in (
         (index, ["Ablation map — study tiny", "Cost per trial"]),
         (page, ["Probe accuracy by masking", "Training curves by masking"]),

@@ -22,7 +22,7 @@ from model.config import (
     TrainConfig,
 )
 from model.data.datasets import PreparedTask
-from model.data.features import CropSampler, corpus_normalizer, load_features
+from model.data.features import CropSampler, corpus_normalizer, load_features, silence_floor
 from model.jepa import JEPA
 from model.masks import Masks, sample_masks
 from model.train import Batches, train
@@ -49,7 +49,13 @@ def run(env_sfx: PreparedTask, data_root):
             cache[fe] = load_features(env_sfx, clips, fe, data_root)
         fs = cache[fe]
         return CropSampler(
-            [fs], fe.frames, corpus_normalizer([fs]), seed=0, sampling=recipe.data.sampling
+            [fs],
+            fe.frames,
+            corpus_normalizer([fs]),
+            seed=0,
+            sampling=recipe.data.sampling,
+            max_silence=recipe.data.max_silence,
+            floor=silence_floor(fe),
         )
 
     done: dict = {}
@@ -113,7 +119,11 @@ AXES = [
     ("train.crop_frames", 0, 32, {}),
     ("train.crop_frames", 0, 32, {"target.branch": "full-input", "loss.global_weight": 1.0}),
     ("data.mix", 0.0, 0.4, {}),
+    # The fifth step's crops are the first of this slice to hold a silent frame.
+    ("data.max_silence", 1.0, 0.0, {"train.steps": 6}),
     ("data.mix", 0.0, 0.4, {"mask.per_crop": 2, "loss.global_weight": 1.0}),
+    ("data.gain_db", 0.0, 6.0, {}),
+    ("data.gain_db", 0.0, 6.0, {"data.mix": 0.4}),
     ("loss.kind", "l2", "smooth_l1", {}),
     ("loss.kind", "l2", "cosine", {}),
     ("encoder.depth", 2, 3, {}),
@@ -129,6 +139,7 @@ AXES = [
     ("train.lr", 1e-3, 3e-3, {}),
     ("train.weight_decay", 0.05, 0.5, {}),
     ("train.warmup_steps", 1, 2, {}),
+    ("train.grad_clip", 0.0, 0.01, {}),
     ("train.steps", 3, 4, {}),
     ("train.batch_size", 4, 6, {}),
     ("train.ema_start", 0.996, 0.9, {}),
@@ -405,7 +416,7 @@ def test_a_data_error_in_the_producer_reaches_the_loop(run):
     r = with_value(TINY, "train.steps", 5)
     sampler = run.sampler(r)
 
-    def broken(size: int, views: int = 1, mix: float = 0.0):
+    def broken(size: int, views: int = 1, mix: float = 0.0, gain_db: float = 0.0):
         raise OSError("frames.f16: input/output error")
 
     sampler.batch = broken
@@ -413,9 +424,17 @@ def test_a_data_error_in_the_producer_reaches_the_loop(run):
         train(r, sampler, seed=0)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"loss.sigreg_weight": 0.1}])
+RESUMED = [
+    {},
+    {"loss.sigreg_weight": 0.1},  # its random directions continue where they stopped
+    # the sampler's redraws and levels come from its generator, which the checkpoint keeps
+    {"data.max_silence": 0.0, "data.gain_db": 6.0, "train.grad_clip": 0.05},
+]
+
+
+@pytest.mark.parametrize("overrides", RESUMED)
 def test_checkpoint_resume_reproduces_an_uninterrupted_run(run, tmp_path, overrides):
-    base = _recipe(overrides)  # SIGReg: its random directions continue where they stopped
+    base = _recipe(overrides)
     r = dataclasses.replace(
         base, train=dataclasses.replace(base.train, steps=6, precision="fp32", checkpoint_every=3)
     )

@@ -116,3 +116,67 @@ def test_mixed_channel_adds_the_next_crops_power_and_leaves_the_crop_clean():
     assert (share >= 0).all() and (share < 0.5).all() and share.std() > 0.05
     with pytest.raises(AssertionError):  # not the clean crop: something was mixed in
         np.testing.assert_allclose(x[:, 1], x[:, 0], atol=1e-3)
+
+
+FLOOR = -16.0  # the log-mel of digital silence in these sets
+
+
+def with_silence(lengths: list[int], silent: list[int], first_id: int = 1) -> FeatureSet:
+    """Clips as feature_set, the first silent[i] frames of clip i at the floor."""
+    fs = feature_set(lengths, first_id)
+    for lo, n in zip(fs.offsets[:-1], silent, strict=True):
+        fs.frames[lo : lo + n] = FLOOR
+    return fs
+
+
+def test_silence_share_counts_the_silent_frames_drawn():
+    fs = with_silence([1000, 1000], [0, 600])
+    s = CropSampler([fs], CROP, Normalizer(0.0, 1.0), seed=0, floor=FLOOR)
+    x = s.batch(2000).numpy()
+    silent = float((x[:, 0, 0, :] == FLOOR).mean())
+    assert s.silence_share == pytest.approx(silent)
+    assert s.silence_share == pytest.approx(0.3, abs=0.03)  # half the crops, 60 % silent
+    # Without a floor to tell silence by, nothing is counted and the crops are the same.
+    plain = CropSampler([fs], CROP, Normalizer(0.0, 1.0), seed=0)
+    assert np.array_equal(plain.batch(2000).numpy(), x)
+    assert plain.silence_share == 0.0
+
+
+def test_max_silence_draws_a_silent_crop_again_within_its_corpus_entry():
+    # Entry one: a clip silent but for its last 100 frames (id 2 there) and a loud one (3);
+    # entry two: one loud clip (4).
+    one = with_silence([1000, 1000], [900, 0], first_id=2)
+    two = feature_set([2000], first_id=4)
+    kw = dict(seed=0, sampling="source", floor=FLOOR)
+    s = CropSampler([one, two], CROP, Normalizer(0.0, 1.0), max_silence=0.2, **kw)
+    x = s.batch(4000).numpy()[:, 0, 0, :]
+    silent = (x == FLOOR).mean(axis=1)
+    # 8 redraws leave a crop over the limit only when all nine draws were (0.45 ** 9).
+    assert (silent > 0.2).mean() < 0.01
+    assert s.silence_share < 0.02
+    before = CropSampler([one, two], CROP, Normalizer(0.0, 1.0), **kw)
+    before.batch(4000)
+    assert before.silence_share > 0.2  # a quarter of the crops, nine tenths silent
+    # Each entry keeps its half of the crops: a silent crop is replaced from its own entry.
+    ids = x.max(axis=1).round().astype(int)
+    assert (ids == 4).mean() == pytest.approx(0.5, abs=0.03)
+    assert ((ids == 2) | (ids == 3)).mean() == pytest.approx(0.5, abs=0.03)
+
+
+def test_gain_shifts_the_context_encoders_channel_by_one_level_a_crop():
+    fs = feature_set([CROP, CROP // 2])  # a full clip and a half-length one (padded)
+    norm = Normalizer(0.0, 2.0)
+    x = CropSampler([fs], CROP, norm, seed=0, sampling="clip").batch(400, gain_db=6.0).numpy()
+    clean, heard = x[:, 0], x[:, 1]
+    shift = heard - clean
+    audio = clean != 0  # padding is zero, audio 0.5 or 1 (normalised)
+    per_row = np.array([shift[b][audio[b]].mean() for b in range(len(x))])
+    # One level a crop, constant over its frames and bands, padding untouched.
+    assert np.allclose(shift, per_row[:, None, None] * audio, atol=1e-6)
+    # Uniform in +-6 dB: ln(10) / 10 log-mel units a dB, over the normaliser's scale.
+    db = per_row * norm.std * 10 / np.log(10.0)
+    assert db.min() >= -6.0 - 1e-4 and db.max() <= 6.0 + 1e-4
+    assert db.min() < -5 and db.max() > 5 and abs(db.mean()) < 0.6
+    # Without gain or mix there is no channel for it, and the crops are the same.
+    plain = CropSampler([fs], CROP, norm, seed=0, sampling="clip").batch(400).numpy()
+    assert plain.shape[1] == 1 and np.array_equal(plain[:, 0], clean)

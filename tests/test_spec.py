@@ -111,6 +111,22 @@ BAD = {
         lambda s: s["baseline"]["data"].update(mix=1.0),
         ["data.mix", "[0, 1)"],
     ),
+    "an epsilon float32 drops": (
+        lambda s: s["baseline"]["frontend"].update(eps=1e-50),
+        ["frontend.eps", "at least 1e-30"],
+    ),
+    "silence share out of range": (
+        lambda s: s["baseline"]["data"].update(max_silence=1.5),
+        ["data.max_silence", "[0, 1]"],
+    ),
+    "gain out of range": (
+        lambda s: s["baseline"]["data"].update(gain_db=60),
+        ["data.gain_db", "[0, 40]"],
+    ),
+    "negative gradient clip": (
+        lambda s: s["baseline"]["train"].update(grad_clip=-1.0),
+        ["train.grad_clip", "must not be negative"],
+    ),
     "unknown target source": (
         lambda s: s["baseline"]["target"].update(source="pixels"),
         ["target.source", "latent, input"],

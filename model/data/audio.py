@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import BinaryIO
@@ -59,7 +60,9 @@ def load_audio(
     try:
         data, native_rate = sf.read(source, dtype="float32", always_2d=True)  # (N, C)
     except (sf.SoundFileError, RuntimeError, EOFError) as exc:
-        raise AudioError(f"{label}: cannot decode audio: {exc}") from exc
+        # libsndfile names an in-memory source by its object's address: say what it found only
+        why = re.sub(r"^Error opening <[^>]*>: ", "", str(exc))
+        raise AudioError(f"{label}: cannot decode audio: {why}") from exc
 
     if data.shape[0] == 0:
         raise AudioError(f"{label}: audio has no samples")

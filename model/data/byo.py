@@ -98,7 +98,11 @@ class _Layout:
             self.clips()
         rows = set()
         for p in self._seen:
-            st = p.stat()
+            try:
+                st = p.stat()
+            except OSError:  # a dangling link, skipped as unreadable: marked until it resolves
+                rows.add((_relative_name(p, self.root), -1, -1))
+                continue
             rows.add((_relative_name(p, self.root), st.st_size, st.st_mtime_ns))
         return hashlib.sha256(json.dumps(sorted(rows)).encode()).hexdigest()[:20]
 

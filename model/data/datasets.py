@@ -185,9 +185,12 @@ def _prepare(
                 break
             try:
                 wave = load_audio(clip.read(), PREPARED_RATE, name=clip.name)
-            except AudioError as e:
+            except (AudioError, OSError) as e:  # OSError: a dangling link, no read permission
                 skipped["unreadable"] += 1
-                skipped_files.append({"clip": clip.name, "reason": str(e)})
+                reason = str(e)
+                if isinstance(e, OSError):
+                    reason = f"{clip.name}: cannot be read: {e.strerror or e}"
+                skipped_files.append({"clip": clip.name, "reason": reason})
                 continue
             if is_silent(wave):
                 skipped["silent"] += 1

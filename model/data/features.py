@@ -133,7 +133,17 @@ def corpus_normalizer(sets: list[FeatureSet]) -> Normalizer:
     return Normalizer(float(mean), float(np.sqrt(max(sq / n - mean * mean, 1e-12))))
 
 
+def silence_floor(fe: FrontendConfig) -> float:
+    """The log-mel of digital silence: log(0 + eps), as the frontend computes it."""
+    return float(np.log(np.float32(fe.eps)))
+
+
 SAMPLINGS = ("time", "clip", "source")
+# A crop over data.max_silence is drawn again at most this many times (then the last is kept).
+REDRAWS = 8
+# Log-mel units above the floor still counted as silence: float16 storage rounds a value by
+# up to 2^-11 of it (0.008 at the default floor, -16.1), plus a margin.
+SILENCE_TOLERANCE = 0.05
 
 
 class CropSampler:
@@ -146,6 +156,12 @@ class CropSampler:
     rarely as its length says. `clip`: every clip equally, whatever its length (a corpus of
     many short clips then trains mostly on padding). `source`: each feature set (corpus entry)
     an equal share, by time within it. `padding_share` counts the padded input frames drawn.
+
+    Digital silence (a frame whose every band sits at the log-mel floor `floor`, the log of
+    the frontend's epsilon: exact zeros in the audio) is constant input like padding;
+    `silence_share` counts it among the frames drawn. With `max_silence` < 1 a crop more
+    silent than that share is drawn again (clip and start), up to REDRAWS times, the last
+    draw kept.
     """
 
     def __init__(
@@ -155,6 +171,8 @@ class CropSampler:
         norm: Normalizer,
         seed: int,
         sampling: str = "time",
+        max_silence: float = 1.0,
+        floor: float | None = None,
     ):
         if sampling not in SAMPLINGS:
             raise ValueError(f"unknown sampling {sampling!r}; known: {SAMPLINGS}")
@@ -176,15 +194,40 @@ class CropSampler:
             weights = lengths / np.bincount(set_of, lengths)[set_of]
         self.cum = np.cumsum(weights / weights.sum())
         self.cum[-1] = 1.0  # rounding must never let a draw fall past the last clip
+        # Each set's share of [0, 1) and its last index (a redraw stays in the set).
+        ends = np.cumsum([len(s) for s in sets]) - 1
+        self.last = [int(e) for e in ends]
+        self.span = [
+            (float(self.cum[e - len(s)]) if e >= len(s) else 0.0, float(self.cum[e]))
+            for e, s in zip(ends, sets, strict=True)
+        ]
+        self.max_silence = max_silence
+        self.floor = floor
         self.frames_drawn = 0
         self.frames_padded = 0
+        self.frames_silent = 0
 
     @property
     def padding_share(self) -> float:
         """Share of the input frames drawn so far that were padding."""
         return self.frames_padded / max(1, self.frames_drawn)
 
-    def batch(self, size: int, views: int = 1, mix: float = 0.0) -> torch.Tensor:
+    @property
+    def silence_share(self) -> float:
+        """Share of the input frames drawn so far that were digital silence (0 without a
+        floor to tell it by)."""
+        return self.frames_silent / max(1, self.frames_drawn)
+
+    def _silent(self, raw: np.ndarray) -> int:
+        """Frames of a raw (T, n_mels) crop whose every band is at the floor."""
+        if self.floor is None:
+            return 0
+        tolerance = SILENCE_TOLERANCE + abs(self.floor) / 1024
+        return int((raw.max(axis=1) <= self.floor + tolerance).sum())
+
+    def batch(
+        self, size: int, views: int = 1, mix: float = 0.0, gain_db: float = 0.0
+    ) -> torch.Tensor:
         """(B, views, n_mels, frames) float32: each row's views are crops of one clip, their
         starts drawn independently (views > 1 give a clip-level term another crop of the same
         recording). One view draws exactly the crops it drew before views existed.
@@ -192,27 +235,52 @@ class CropSampler:
         With `mix` > 0 one more channel follows: each row's first crop mixed with the next
         row's (the last with the first) in the power domain (log-mixup-exp, BYOL-A), the
         other crop's share drawn uniformly in [0, mix) per row: what the context encoder
-        hears while the target encoder hears the crop clean."""
+        hears while the target encoder hears the crop clean. With `gain_db` > 0 that channel
+        (the crop itself where `mix` is 0) is heard at a gain uniform in [-gain_db, gain_db]
+        dB, one per row: a shift of its log-mel frames, its padding left at zero."""
         picks = np.searchsorted(self.cum, self.rng.random(size), side="right")
         n_mels = self.sets[0].frames.shape[1]
         out = np.zeros((size, views, n_mels, self.frames), np.float32)
+        lengths = np.zeros(size, np.int64)
         for b, p in enumerate(picks):
-            si, ci = self.index[p]
-            s = self.sets[si]
-            lo, hi = int(s.offsets[ci]), int(s.offsets[ci + 1])
-            n = hi - lo
-            length = min(n, self.frames)
-            for v in range(views):
-                start = lo + (
-                    int(self.rng.integers(0, n - self.frames + 1)) if n > self.frames else 0
-                )
-                crop = np.asarray(s.frames[start : start + length], np.float32).T
-                out[b, v, :, :length] = self.norm(crop)
+            si = self.index[p][0]
+            for attempt in range(REDRAWS + 1):
+                if attempt:  # again from the same corpus entry, so the mix stays as drawn
+                    lo_c, hi_c = self.span[si]
+                    u = lo_c + self.rng.random() * (hi_c - lo_c)
+                    p = min(int(np.searchsorted(self.cum, u, side="right")), self.last[si])
+                ci = self.index[p][1]
+                s = self.sets[si]
+                lo, hi = int(s.offsets[ci]), int(s.offsets[ci + 1])
+                n = hi - lo
+                length = min(n, self.frames)
+                raws = []
+                for _ in range(views):
+                    start = lo + (
+                        int(self.rng.integers(0, n - self.frames + 1)) if n > self.frames else 0
+                    )
+                    raws.append(np.asarray(s.frames[start : start + length], np.float32))
+                silent = [self._silent(r) for r in raws]
+                if self.max_silence >= 1 or max(silent) <= self.max_silence * self.frames:
+                    break
+            for v, raw in enumerate(raws):
+                out[b, v, :, :length] = self.norm(raw.T)
+            lengths[b] = length
             self.frames_padded += views * (self.frames - length)
+            self.frames_silent += sum(silent)
         self.frames_drawn += size * views * self.frames
-        if mix > 0:
-            share = self.rng.uniform(0.0, mix, size).astype(np.float32)[:, None, None]
-            out = np.concatenate([out, self.mixed(out[:, 0], share)[:, None]], axis=1)
+        if mix > 0 or gain_db > 0:
+            heard = out[:, 0].copy()
+            if mix > 0:
+                share = self.rng.uniform(0.0, mix, size).astype(np.float32)[:, None, None]
+                heard = self.mixed(heard, share)
+            if gain_db > 0:
+                # power x 10^(g / 10): log-mel + g ln(10) / 10, in normalised units
+                db = self.rng.uniform(-gain_db, gain_db, size)
+                shift = (db * np.log(10.0) / 10.0 / self.norm.std).astype(np.float32)
+                audio = np.arange(self.frames)[None, :] < lengths[:, None]  # (B, T)
+                heard += shift[:, None, None] * audio[:, None, :]
+            out = np.concatenate([out, heard[:, None]], axis=1)
         return torch.from_numpy(out)
 
     def mixed(self, crops: np.ndarray, share: np.ndarray) -> np.ndarray:
