@@ -102,6 +102,14 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the trials; run nothing.")
     ] = False,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate",
+            help="With --dry-run: time a few training steps of each cell here and print the "
+            "study's training time on this machine (seconds a cell; nothing is written).",
+        ),
+    ] = False,
     report: Annotated[bool, typer.Option(help="Render the reports when the study ends.")] = True,
     yes: Annotated[
         bool, typer.Option("--yes", help="Run a study of more than 256 trials without asking.")
@@ -175,6 +183,8 @@ def run(
                 f"slurm (or launcher.name: slurm in {experiments}), or drop "
                 f"{'it' if one else 'them'}"
             )
+        if estimate and not dry_run:
+            raise AblError("--estimate: it times cells for a dry run; add --dry-run")
         trials = expand(spec)
         if not dry_run:
             check_size(spec, len(trials), yes)
@@ -190,6 +200,9 @@ def run(
                 mark = "*" if t.provisional else " "
                 _say(f"{t.key}{mark} seed={t.seed}  {t.axis}={t.setting}")
             _say(f"{len(trials)} trials in study {spec.study}")
+            if estimate:
+                for line in _estimate(spec, trials, jobs):
+                    _say(line)
             unprepared = sorted(
                 {n for t in trials for n in t.recipe.data.corpus if n not in t.contents}
             )
@@ -351,6 +364,33 @@ def _check_memory(spec, trials, jobs: int | None) -> None:  # noqa: ANN001
     for recipe, t in cells.items():
         cell = "the baseline" if t.axis == "baseline" else f"cell {t.axis}={t.setting}"
         check_fits(recipe, f"{spec.source}: {cell}", device, workers, "pass fewer --jobs")
+
+
+def _estimate(spec, trials, jobs: int | None) -> list[str]:  # noqa: ANN001
+    """The study's training time on this machine, its cells timed (orchestrator.estimate):
+    with its local workers, or with a Slurm worker's CPUs and the array's parallel workers."""
+    from model.train import pick_device
+    from orchestrator.estimate import estimate_lines
+    from orchestrator.workers import default_jobs, threads_per_worker
+    from reports.data import trial_label
+
+    lc = spec.launcher
+    if lc.name == "slurm":
+        workers = min(lc.max_parallel or len(trials), len(trials))
+        threads = lc.cpus_per_trial or 1
+    else:
+        workers = min(jobs if jobs and jobs > 0 else default_jobs(), len(trials))
+        threads = threads_per_worker(workers)
+    index: dict = {}  # recipe -> its cell's position, by its first trial
+    for t in trials:
+        index.setdefault(t.recipe, (len(index), trial_label(t.axis, t.setting)))
+    cells = [(name, recipe) for recipe, (_, name) in index.items()]
+    per_trial = [index[t.recipe][0] for t in trials]
+    device = pick_device()
+    lines = estimate_lines(cells, per_trial, device, workers, threads)
+    if lc.name == "slurm":
+        lines.append("  (timed here with a worker's CPUs; the cluster's nodes may differ)")
+    return lines
 
 
 def _launcher_flags(spec, **flags):  # noqa: ANN001, ANN003, ANN202
