@@ -225,6 +225,26 @@ class CropSampler:
         tolerance = SILENCE_TOLERANCE + abs(self.floor) / 1024
         return int((raw.max(axis=1) <= self.floor + tolerance).sum())
 
+    def _redraw(self, si: int) -> int:
+        """Another clip of feature set `si`, drawn as `sampling` weighs its clips."""
+        lo, hi = self.span[si]
+        u = lo + self.rng.random() * (hi - lo)
+        return min(int(np.searchsorted(self.cum, u, side="right")), self.last[si])
+
+    def _crops(self, p: int, views: int) -> tuple[list[np.ndarray], list[int]]:
+        """Raw (length, n_mels) crops of clip `p`, one per view (starts drawn independently;
+        a clip shorter than a crop is taken whole), and each one's silent frames."""
+        si, ci = self.index[p]
+        s = self.sets[si]
+        lo, hi = int(s.offsets[ci]), int(s.offsets[ci + 1])
+        n = hi - lo
+        length = min(n, self.frames)
+        raws = []
+        for _ in range(views):
+            start = lo + (int(self.rng.integers(0, n - self.frames + 1)) if n > self.frames else 0)
+            raws.append(np.asarray(s.frames[start : start + length], np.float32))
+        return raws, [self._silent(r) for r in raws]
+
     def batch(
         self, size: int, views: int = 1, mix: float = 0.0, gain_db: float = 0.0
     ) -> torch.Tensor:
@@ -246,23 +266,11 @@ class CropSampler:
             si = self.index[p][0]
             for attempt in range(REDRAWS + 1):
                 if attempt:  # again from the same corpus entry, so the mix stays as drawn
-                    lo_c, hi_c = self.span[si]
-                    u = lo_c + self.rng.random() * (hi_c - lo_c)
-                    p = min(int(np.searchsorted(self.cum, u, side="right")), self.last[si])
-                ci = self.index[p][1]
-                s = self.sets[si]
-                lo, hi = int(s.offsets[ci]), int(s.offsets[ci + 1])
-                n = hi - lo
-                length = min(n, self.frames)
-                raws = []
-                for _ in range(views):
-                    start = lo + (
-                        int(self.rng.integers(0, n - self.frames + 1)) if n > self.frames else 0
-                    )
-                    raws.append(np.asarray(s.frames[start : start + length], np.float32))
-                silent = [self._silent(r) for r in raws]
+                    p = self._redraw(si)
+                raws, silent = self._crops(p, views)
                 if self.max_silence >= 1 or max(silent) <= self.max_silence * self.frames:
                     break
+            length = len(raws[0])
             for v, raw in enumerate(raws):
                 out[b, v, :, :length] = self.norm(raw.T)
             lengths[b] = length
