@@ -348,20 +348,31 @@ def worker(
         _say(f"worker done: ran {ran}, failed {failed}")
 
 
+def _local_workers(jobs: int | None, trials: list) -> int:
+    """Local workers a run starts: --jobs (one per core by default), at most one a trial."""
+    from orchestrator.workers import default_jobs
+
+    return min(jobs if jobs and jobs > 0 else default_jobs(), len(trials))
+
+
+def _cells(trials: list) -> dict:
+    """Each recipe of a study once (its seeds share it), by its first trial, in run order."""
+    first: dict = {}
+    for t in trials:
+        first.setdefault(t.recipe, t)
+    return first
+
+
 def _check_memory(spec, trials, jobs: int | None) -> None:  # noqa: ANN001
     """Refuse a study whose cells cannot train on this machine, before anything is written:
     the model's weights, gradients and optimiser state alone (`model.memory`) times the local
     workers training at once."""
     from model.memory import check_fits
     from model.train import pick_device
-    from orchestrator.workers import default_jobs
 
-    workers = min(jobs if jobs and jobs > 0 else default_jobs(), len(trials))
+    workers = _local_workers(jobs, trials)
     device = pick_device()
-    cells: dict = {}  # each recipe once (its seeds share it), by its first trial
-    for t in trials:
-        cells.setdefault(t.recipe, t)
-    for recipe, t in cells.items():
+    for recipe, t in _cells(trials).items():
         cell = "the baseline" if t.axis == "baseline" else f"cell {t.axis}={t.setting}"
         check_fits(recipe, f"{spec.source}: {cell}", device, workers, "pass fewer --jobs")
 
@@ -371,7 +382,7 @@ def _estimate(spec, trials, jobs: int | None) -> list[str]:  # noqa: ANN001
     with its local workers, or with a Slurm worker's CPUs and the array's parallel workers."""
     from model.train import pick_device
     from orchestrator.estimate import estimate_lines
-    from orchestrator.workers import default_jobs, threads_per_worker
+    from orchestrator.workers import threads_per_worker
     from reports.data import trial_label
 
     lc = spec.launcher
@@ -379,13 +390,12 @@ def _estimate(spec, trials, jobs: int | None) -> list[str]:  # noqa: ANN001
         workers = min(lc.max_parallel or len(trials), len(trials))
         threads = lc.cpus_per_trial or 1
     else:
-        workers = min(jobs if jobs and jobs > 0 else default_jobs(), len(trials))
+        workers = _local_workers(jobs, trials)
         threads = threads_per_worker(workers)
-    index: dict = {}  # recipe -> its cell's position, by its first trial
-    for t in trials:
-        index.setdefault(t.recipe, (len(index), trial_label(t.axis, t.setting)))
-    cells = [(name, recipe) for recipe, (_, name) in index.items()]
-    per_trial = [index[t.recipe][0] for t in trials]
+    first = _cells(trials)
+    position = {recipe: i for i, recipe in enumerate(first)}
+    cells = [(trial_label(t.axis, t.setting), recipe) for recipe, t in first.items()]
+    per_trial = [position[t.recipe] for t in trials]
     device = pick_device()
     lines = estimate_lines(cells, per_trial, device, workers, threads)
     if lc.name == "slurm":

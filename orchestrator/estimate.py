@@ -42,8 +42,11 @@ class CellTime:
     steps: int
     flops: float
     precision: str  # what was timed: fp32/explicit, ...; "" where not timed
-    timed: bool
     emulated: bool = False  # bf16 asked for where it is emulated: not timed, no estimate
+
+    @property
+    def timed(self) -> bool:
+        return bool(self.precision)
 
     @property
     def train_s(self) -> float | None:
@@ -75,10 +78,10 @@ def time_cells(
     out = []
     for i, r in enumerate(recipes):
         if i in timed:
-            out.append(CellTime(timed[i][0], r.train.steps, flops[i], timed[i][1], True))
+            out.append(CellTime(timed[i][0], r.train.steps, flops[i], timed[i][1]))
         else:
             step_s = None if rate is None or i in emulated else flops[i] / rate
-            out.append(CellTime(step_s, r.train.steps, flops[i], "", False, i in emulated))
+            out.append(CellTime(step_s, r.train.steps, flops[i], "", i in emulated))
     return out
 
 

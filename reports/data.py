@@ -321,6 +321,11 @@ def interactions(res: Results) -> list[tuple[str, str, pd.DataFrame, float]]:
     return out
 
 
+# What a trial records of its costs (task "train"); other_s is derived from them.
+COST_FIGURES = (
+    *("data_s", "train_s", "probe_s", "flops_per_step", "gflops_per_s"),
+    *("padding_share", "silence_share"),
+)
 COST_COLUMNS = [
     *("label", "seed", "wall_s", "data_s", "train_s", "probe_s", "other_s"),
     *("flops_per_step", "gflops_per_s", "padding_share", "silence_share"),
@@ -347,10 +352,7 @@ def cost(res: Results) -> pd.DataFrame:
     figures = res.train.pivot_table(index="key", columns="metric", values="value")
     t = t.join(figures, on="key")
     # A figure a trial did not record reads as missing (silence_share: older trials).
-    for c in (
-        *("data_s", "train_s", "probe_s", "flops_per_step", "gflops_per_s"),
-        *("padding_share", "silence_share"),
-    ):
+    for c in COST_FIGURES:
         if c not in t.columns:
             t[c] = math.nan
     for c in ("precision", "attention"):  # what auto resolved to, per trial (None: not known)

@@ -141,8 +141,8 @@ def silence_floor(fe: FrontendConfig) -> float:
 SAMPLINGS = ("time", "clip", "source")
 # A crop over data.max_silence is drawn again at most this many times (then the last is kept).
 REDRAWS = 8
-# Log-mel units above the floor still counted as silence: float16 storage rounds a value by
-# up to 2^-11 of it (0.008 at the default floor, -16.1), plus a margin.
+# Log-mel units above the floor still counted as silence, plus 1/1024 of the floor: float16
+# storage rounds a value by up to 2^-11 of it (0.008 at the default floor, -16.1).
 SILENCE_TOLERANCE = 0.05
 
 
@@ -202,7 +202,8 @@ class CropSampler:
             for e, s in zip(ends, sets, strict=True)
         ]
         self.max_silence = max_silence
-        self.floor = floor
+        # A frame is silent when its loudest band is at or under this (None: not counted).
+        self.silent_at = None if floor is None else floor + SILENCE_TOLERANCE + abs(floor) / 1024
         self.frames_drawn = 0
         self.frames_padded = 0
         self.frames_silent = 0
@@ -220,10 +221,9 @@ class CropSampler:
 
     def _silent(self, raw: np.ndarray) -> int:
         """Frames of a raw (T, n_mels) crop whose every band is at the floor."""
-        if self.floor is None:
+        if self.silent_at is None:
             return 0
-        tolerance = SILENCE_TOLERANCE + abs(self.floor) / 1024
-        return int((raw.max(axis=1) <= self.floor + tolerance).sum())
+        return int((raw.max(axis=1) <= self.silent_at).sum())
 
     def _redraw(self, si: int) -> int:
         """Another clip of feature set `si`, drawn as `sampling` weighs its clips."""
