@@ -15,11 +15,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.schema import Base
 from model.errors import AblError
 
+# Query parameters that carry a secret: libpq's password and sslpassword, and the usual
+# spellings of keys and tokens a driver or proxy may take in the URL.
+_SECRET = ("pass", "pwd", "secret", "token", "key")
+
 
 def mask_url(url: str) -> str:
-    """The URL with any password hidden, for logs and error messages."""
+    """The URL with any password hidden, in its user part or its query, for logs and errors."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        query = {
+            k: "***" if any(s in k.lower() for s in _SECRET) else v for k, v in parsed.query.items()
+        }
+        shown = parsed.set(query=query).render_as_string(hide_password=True)
+        return shown.replace("%2A%2A%2A", "***")
     except Exception:  # an unparsable URL: show nothing that might be a secret
         return "<unparsable database URL>"
 

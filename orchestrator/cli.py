@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from typing import Annotated
 import typer
 
 from model.errors import AblError, no_room
+from orchestrator.spec import NAME_MAX
 
 app = typer.Typer(
     help="abl: controlled ablation studies of JEPA audio encoders.\n\n"
@@ -62,6 +64,14 @@ def user_errors() -> Iterator[None]:
         typer.echo(f"abl: error: {e}", err=True)
         raise typer.Exit(2) from None
     except Exception as e:
+        if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:
+            # A path the user gave (a folder, a file, a SQLite URL) holds a name too long.
+            typer.echo(
+                f"abl: error: {e.filename}: a name in this path is longer than the "
+                f"filesystem allows ({NAME_MAX} bytes a name); choose a shorter one",
+                err=True,
+            )
+            raise typer.Exit(2) from None
         reason = no_room(e)
         if reason is None:
             raise
@@ -189,13 +199,18 @@ def run(
         if not dry_run:
             check_size(spec, len(trials), yes)
         if spec.launcher.name == "local":
+            if jobs is not None and jobs < 1:
+                raise AblError(f"--jobs {jobs}: use 1 or more worker processes")
             _check_memory(spec, trials, jobs)
         if dry_run:
-            from orchestrator.prepare import check_storage
+            from orchestrator.prepare import check_output, check_roots, check_storage
 
-            # A database driver that is not installed fails the real run: say so here too
-            # (no server is reached, nothing is written).
+            # What fails the real run before it starts fails the dry run too: a database
+            # driver that is not installed, an output folder that cannot be one, a data set
+            # that is not there (no server is reached, nothing is written).
             check_storage(spec, connect=False)
+            check_output(spec)
+            check_roots(spec)
             for t in trials:
                 mark = "*" if t.provisional else " "
                 _say(f"{t.key}{mark} seed={t.seed}  {t.axis}={t.setting}")
@@ -262,8 +277,6 @@ def run(
 
         if jobs is None:
             jobs = default_jobs()
-        if jobs < 1:
-            raise AblError(f"--jobs {jobs}: use 1 or more worker processes")
         from orchestrator.prepare import prepare_study
 
         # Storage, output folder and data checked (and missing tasks prepared) before the
@@ -294,6 +307,19 @@ def run(
         _say(f"         abl dashboard {target}   (Optuna dashboard on http://127.0.0.1:8080)")
 
 
+def status_line(study: str, total: int, counts: dict[str, int], mean: float | None) -> str:
+    """`abl status`'s first line: each of the `total` trials counted once (a failed one stays
+    failed until a run retries it), and the time the pending ones need at `mean` s a trial."""
+    pruned = counts.get("pruned", 0)
+    pending = max(0, total - counts["done"] - counts["running"] - counts["failed"] - pruned)
+    eta = f", ETA {pending * mean / 60:.0f} min at {mean:.0f}s a trial" if mean else ""
+    return (
+        f"study {study}: {total} trials: {counts['done']} done, {counts['running']} "
+        f"running, {counts['failed']} failed, {pending} pending{eta}"
+        + (f" ({pruned} pruned)" if pruned else "")
+    )
+
+
 @app.command()
 def worker(
     experiments: Experiments = Path("experiments.yaml"),
@@ -318,14 +344,22 @@ def worker(
 
     with user_errors():
         spec = load_spec(experiments, output)
-        if storage:
+        if storage is not None:
+            from orchestrator.spec import check_storage_urls
+
+            if not storage.strip():
+                raise AblError(
+                    "--storage is empty; give the Optuna storage URL the workers share, or "
+                    "drop the flag to use the experiments file's"
+                )
             spec = dataclasses.replace(
                 spec, storage=dataclasses.replace(spec.storage, optuna=storage)
             )
+            check_storage_urls(spec.storage, f"{experiments} (--storage)")
         if study:
             from orchestrator.spec import STUDY_NAME
 
-            if not STUDY_NAME.match(study):
+            if not STUDY_NAME.fullmatch(study):
                 raise AblError(
                     f"--study {study!r}: a study name is letters, digits, '-', '_' or '.'"
                 )
@@ -448,10 +482,11 @@ def _attach_reports(spec, pages: list[Path]) -> None:  # noqa: ANN001
 
 def _render(spec, axes: list[str] | None = None) -> list[Path]:  # noqa: ANN001
     """The axes' pages (default: every one) and the study overview, the overview last."""
-    from db.engine import make_engine
+    from db.engine import init_db, make_engine
     from orchestrator.grid import expand
     from reports.study import render_reports
 
+    init_db(make_engine(spec.results_url))  # an older schema upgraded, a foreign one refused
     expected = [
         {"key": t.key, "seed": t.seed, "axis": t.axis, "setting": t.setting, "settings": t.settings}
         for t in expand(spec)
@@ -515,15 +550,8 @@ def status(experiments: Experiments = Path("experiments.yaml"), output: Output =
         engine = make_engine(spec.results_url)
         init_db(engine)
         counts = queries.status_counts(engine, spec.study)
-        pruned = counts.get("pruned", 0)
-        pending = max(0, total - counts["done"] - counts["running"] - pruned)
         mean = queries.mean_trial_seconds(engine, spec.study)
-        eta = f", ETA {pending * mean / 60:.0f} min at {mean:.0f}s a trial" if mean else ""
-        _say(
-            f"study {spec.study}: {total} trials: {counts['done']} done, {counts['running']} "
-            f"running, {counts['failed']} failed, {pending} pending{eta}"
-            + (f" ({pruned} pruned)" if pruned else "")
-        )
+        _say(status_line(spec.study, total, counts, mean))
         from model.data.datasets import resolve_data_root
         from orchestrator.bank import DataBank
         from orchestrator.study import data_summary, skipped_line
@@ -580,6 +608,7 @@ def export(
     status, task, metric, value (stable column names)."""
     from db import queries
     from db.engine import init_db, make_engine
+    from orchestrator.outfile import write_whole
     from orchestrator.spec import load_spec
 
     with user_errors():
@@ -591,13 +620,15 @@ def export(
         init_db(engine)
         df = queries.export_frame(engine, spec.study)
         target = out or spec.output / f"{spec.study}-results.{fmt}"
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_char_device():  # /dev/stdout: a stream, written as it is
             df.to_csv(target, index=False) if fmt == "csv" else df.to_parquet(target, index=False)
-        except (PermissionError, FileExistsError, NotADirectoryError) as e:
-            raise AblError(
-                f"{target}: cannot write there ({e.strerror}); name another file with --out"
-            ) from None
+        else:
+            write_whole(
+                target,
+                lambda tmp: (
+                    df.to_csv(tmp, index=False) if fmt == "csv" else df.to_parquet(tmp, index=False)
+                ),
+            )
         _say(f"{len(df)} rows -> {target}")
 
 
@@ -816,7 +847,14 @@ def _data_context(data: str | None, experiments: Path | None):  # noqa: ANN202
         spec = load_spec(experiments)
         custom, cache = spec.baseline.data.tasks, spec.baseline.data.cache
         corpus = spec.baseline.data.corpus
-    return resolve_data_root(data or cache), custom, corpus
+    root = resolve_data_root(data or cache)
+    if root.exists() and not root.is_dir():
+        given = f"--data {data}" if data else f"{experiments}: data.cache {cache}" if cache else ""
+        raise AblError(
+            f"{given or f'the data cache {root}'}: it is a file, not a folder; point it at a "
+            "folder (a missing one is made)"
+        )
+    return root, custom, corpus
 
 
 @data_app.command("prepare")
@@ -930,11 +968,10 @@ def data_list(data: DataRoot = None, experiments: ExperimentsOpt = None) -> None
 
     with user_errors():
         root, custom, _ = _data_context(data, experiments)
-        if data is not None and not root.is_dir():
-            why = "is a file, not a folder" if root.exists() else "does not exist"
+        if data is not None and not root.exists():  # a file: refused by _data_context
             raise AblError(
-                f"--data {data}: {why}; point it at the data cache folder (the one holding "
-                "tasks/ that `abl data prepare` wrote), or leave it out for the default"
+                f"--data {data}: does not exist; point it at the data cache folder (the one "
+                "holding tasks/ that `abl data prepare` wrote), or leave it out for the default"
             )
         for name in [*sorted(TASKS), *(t.name for t in custom)]:
             try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from db.engine import init_db, make_engine
 from model.data.audio import AudioError, load_audio
 from model.embed import load_encoder
 from model.errors import AblError
+from orchestrator.outfile import check_out, write_whole
 from orchestrator.spec import StudySpec
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".au"}
@@ -60,8 +60,7 @@ def embed_folder(
     `file` and `embedding`; .npz: arrays `files` and `embeddings`), file names relative to
     `folder`. A file that cannot be decoded stops the run (nothing is written) unless
     `skip_bad`, which lists it and goes on."""
-    if out.suffix not in OUT_SUFFIXES:
-        raise AblError(f"--out {out}: use a .parquet or .npz file name")
+    check_out(out, OUT_SUFFIXES)
     enc = load_encoder(checkpoint, which)
     files = audio_files(folder)
     names: list[str] = []
@@ -84,12 +83,12 @@ def embed_folder(
     if not names:
         raise AblError(f"{folder}: no file could be decoded")
     emb = np.concatenate(chunks)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
-    if out.suffix == ".npz":
-        with open(tmp, "wb") as f:
-            np.savez(f, files=np.array(names), embeddings=emb)
-    else:
+
+    def write(tmp: Path) -> None:
+        if out.suffix == ".npz":
+            with open(tmp, "wb") as f:
+                np.savez(f, files=np.array(names), embeddings=emb)
+            return
         table = pa.table(
             {
                 "file": pa.array(names),
@@ -104,7 +103,8 @@ def embed_folder(
             },
         )
         pq.write_table(table, tmp)
-    os.replace(tmp, out)
+
+    write_whole(out, write)
     return EmbedSummary(len(names), skipped, emb.shape[1], out)
 
 
@@ -123,6 +123,8 @@ def export_best(spec: StudySpec, out: Path | None = None) -> Best:
     """The study's best encoder, chosen by mean validation accuracy over its probe tasks (the
     test split never chooses), averaged over seeds per setting, then its best seed; saved with
     its config, normaliser and scores (loadable by `abl embed` and `model.hear`)."""
+    if out is not None:
+        check_out(out, (".pt",))
     engine = make_engine(spec.results_url)
     init_db(engine)
     df = queries.results_frame(engine, spec.study)
@@ -165,8 +167,5 @@ def export_best(spec: StudySpec, out: Path | None = None) -> Best:
         ),
     }
     target = out or spec.output / f"best-{spec.study}.pt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    torch.save(slim, tmp)
-    os.replace(tmp, target)
+    write_whole(target, lambda tmp: torch.save(slim, tmp))
     return Best(key, axis, setting, int(row["seed"]), float(row["value"]), scores, target)

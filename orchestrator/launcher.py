@@ -16,6 +16,7 @@ from typing import Any
 from model.errors import AblError
 
 LAUNCHERS = ("local", "slurm")
+MAX_TIME_MIN = 365 * 24 * 60  # a worker's time limit, at most
 MEMORY = re.compile(r"^[1-9][0-9]*[KMGT]?$")  # sbatch --mem: 16G, 4000 (MB)
 DIRECTIVE = re.compile(r"^[a-z][a-z0-9-]*=\S.*$")  # constraint=a100
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,:@+-]*$")  # partition, account, qos
@@ -111,16 +112,20 @@ def validate_launcher(lc: LauncherSpec, source: str) -> LauncherSpec:
         raise bad("name", f"= {lc.name!r} is unknown; use one of {', '.join(LAUNCHERS)}")
     for key in ("partition", "account", "qos"):
         value = getattr(lc, key)
-        if value is not None and not NAME.match(value):
+        if value is not None and not NAME.fullmatch(value):
             raise bad(key, f"= {value!r} is not a Slurm name; use letters, digits, '-', '_'")
     if lc.gpus_per_trial < 0:
         raise bad("gpus_per_trial", f"= {lc.gpus_per_trial} must be 0 (CPU) or more")
     if lc.cpus_per_trial < 1:
         raise bad("cpus_per_trial", f"= {lc.cpus_per_trial} must be at least 1")
-    if lc.mem is not None and not MEMORY.match(lc.mem):
+    if lc.mem is not None and not MEMORY.fullmatch(lc.mem):
         raise bad("mem", f"= {lc.mem!r}; write it as sbatch --mem does, e.g. 16G or 4000M")
-    if lc.time_min < 1:
-        raise bad("time_min", f"= {lc.time_min} must be at least 1 (minutes)")
+    if not 1 <= lc.time_min <= MAX_TIME_MIN:
+        raise bad(
+            "time_min",
+            f"= {lc.time_min} must be from 1 to {MAX_TIME_MIN} (minutes: a year; clusters cap "
+            "their partitions far lower, `sinfo -o %l` shows the cap)",
+        )
     if lc.max_parallel is not None and lc.max_parallel < 1:
         raise bad("max_parallel", f"= {lc.max_parallel} must be at least 1, or left out")
     if not 0 <= lc.signal_s < lc.time_min * 60:
@@ -129,7 +134,7 @@ def validate_launcher(lc: LauncherSpec, source: str) -> LauncherSpec:
             f"= {lc.signal_s} must be between 0 and the time limit ({lc.time_min * 60} s)",
         )
     for entry in lc.extra:
-        if not DIRECTIVE.match(entry):
+        if not DIRECTIVE.fullmatch(entry):
             raise bad("extra", f"entry {entry!r} must be key=value, e.g. constraint=a100")
         key = entry.split("=", 1)[0]
         if key in MANAGED:

@@ -73,6 +73,26 @@ def check_output(spec: StudySpec) -> None:
         )
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def _not_sqlite(file: Path) -> str | None:
+    """Why an existing `file` cannot be opened as a SQLite database, or None (also when it
+    does not exist yet, or is empty: SQLite makes a database of either)."""
+    if not file.exists():
+        return None
+    if not file.is_file():
+        return "is not a file"
+    try:
+        with file.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if head and head != SQLITE_HEADER:
+        return "is not a SQLite database (its first bytes are not SQLite's header)"
+    return None
+
+
 def _reach_database(url: str, key: str, source: str, connect: bool = True) -> None:
     """Connect once to a database server; check a SQLite file's folder is there. Without
     `connect`, only that the URL parses and its Python driver imports (no server, no file)."""
@@ -92,12 +112,14 @@ def _reach_database(url: str, key: str, source: str, connect: bool = True) -> No
     if parsed.get_backend_name() == "sqlite":
         if not connect:
             return  # sqlite3 comes with Python
-        if not parsed.database or parsed.database == ":memory:":
+        file = Path(parsed.database).expanduser().absolute()
+        why = _not_sqlite(file)
+        if why:
             raise AblError(
-                f"{source}: storage.{key} = {url} is an in-memory database, which the workers "
-                "cannot share; name a file (sqlite:////path/to/file.db) or delete the key"
+                f"{source}: storage.{key} = {url}: {file} {why}; move it away or point "
+                f"storage.{key} (or the output folder) elsewhere"
             )
-        folder = Path(parsed.database).expanduser().absolute().parent
+        folder = file.parent
         if not folder.is_dir():
             raise AblError(
                 f"{source}: storage.{key} = {url}: folder {folder} does not exist; create it "
@@ -208,7 +230,14 @@ def check_storage(
     driver imports: nothing is reached or probed."""
     for key in keys:
         url = getattr(spec.storage, key)
-        if url is None:
+        if url is None:  # the default SQLite file under the output folder
+            file = _default_file(spec, key)
+            why = file and _not_sqlite(file)
+            if why:
+                raise AblError(
+                    f"{spec.source}: {file} {why}; move it away, or choose another output "
+                    "folder with `output:` or --output"
+                )
             continue
         scheme = url.split(":", 1)[0].lower()
         if scheme == "journal":
@@ -220,6 +249,14 @@ def check_storage(
                 _reach_server(url, key, spec.source)
         elif key != "mlflow" or "+" in scheme or scheme in ("sqlite", "postgresql", "mysql"):
             _reach_database(url, key, spec.source, connect)
+
+
+def _default_file(spec: StudySpec, key: str) -> Path | None:
+    """The SQLite file the study keeps `key`'s database in when the file names none."""
+    from sqlalchemy.engine import make_url
+
+    url = {"optuna": spec.optuna_url, "results": spec.results_url, "mlflow": spec.mlflow_uri}[key]
+    return Path(make_url(url).database) if url.startswith("sqlite") else None
 
 
 def _layout_of(t: TaskDef) -> str:
@@ -244,18 +281,23 @@ def unprepared(spec: StudySpec, data_root: Path) -> tuple[list[str], list[str]]:
     return missing, changed
 
 
+def check_roots(spec: StudySpec) -> None:
+    """Each data set the file declares (`data.tasks`) has its root on this machine."""
+    for t in spec.baseline.data.tasks:
+        if not Path(t.root).exists():
+            raise AblError(
+                f"{spec.source}: baseline.data.tasks.{t.name}.root = {t.root} does not exist; "
+                f"point it at the folder that holds {_layout_of(t)}"
+            )
+
+
 def check_data(spec: StudySpec, data_root: Path) -> tuple[list[str], list[str]]:
     """The tasks the study reads that are not prepared yet, and those whose source changed
     since they were prepared, each checked (its folder, its layout, every file its metadata
     names); and each declared data set's root exists. Raises AblError naming the experiments
     file, the task and the fix."""
     declared = spec.baseline.data.tasks
-    for t in declared:
-        if not Path(t.root).exists():
-            raise AblError(
-                f"{spec.source}: baseline.data.tasks.{t.name}.root = {t.root} does not exist; "
-                f"point it at the folder that holds {_layout_of(t)}"
-            )
+    check_roots(spec)
     missing, changed = unprepared(spec, data_root)
     for name in missing:
         try:
@@ -282,7 +324,10 @@ def never_ran(spec: StudySpec) -> bool:
     from sqlalchemy.engine import make_url
 
     url = spec.results_url
-    return url.startswith("sqlite") and not Path(make_url(url).database or "").is_file()
+    if not url.startswith("sqlite"):
+        return False
+    file = Path(make_url(url).database or "")
+    return not file.is_file() or file.stat().st_size == 0  # empty: SQLite never wrote to it
 
 
 def check_probes(spec: StudySpec, data_root: Path) -> None:

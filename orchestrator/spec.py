@@ -65,6 +65,7 @@ MAX_TRIALS = 256
 MAX_FACTORIAL_CELLS = 20_000
 # The recipe's sections by name: frontend -> FrontendConfig, ...
 SECTIONS: dict[str, type] = typing.get_type_hints(RecipeConfig)
+NAME_MAX = 255  # bytes in one name of a path, on every filesystem abl writes to
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 # Integers beyond 64 bits overflow the results database and the random generators.
@@ -81,6 +82,8 @@ MAX_MLP_RATIO = 64.0
 MAX_SAMPLES = 65_536  # a step's samples: train.batch_size x mask.per_crop
 MAX_SLICES = 8192  # loss.sigreg_slices: random directions a step
 MIN_EPS = 1e-30  # frontend.eps: float32 (normal from 1.2e-38) still adds it
+MAX_EPS = 1e4  # frontend.eps: about the mel power of a full-scale sound at n_fft 400
+MIN_TEMPERATURE = 1e-4  # loss.global_temperature: cosines / it stay finite in float32
 MAX_GAIN_DB = 40.0  # data.gain_db: dB; a level change past it is surely a typo
 # A factorial design validates every cell: count each frontend's empty filters once.
 _empty_mel_filters = functools.lru_cache(maxsize=64)(empty_mel_filters)
@@ -338,6 +341,23 @@ def build_dataclass(cls: type, data: Any, where: str, source: str) -> Any:
     return cls(**kwargs)
 
 
+def _expand(value: str | Path, key: str, source: str) -> Path:
+    """`value` as a path with `~` expanded, each of its names one the filesystem can hold."""
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:
+        raise AblError(
+            f"{source}: {key} = {value}: the home folder of its `~` is unknown; write the full path"
+        ) from None
+    long = [p for p in path.parts if len(os.fsencode(p)) > NAME_MAX]
+    if long:
+        raise AblError(
+            f"{source}: {key}: the name {long[0][:40]}... is {len(os.fsencode(long[0]))} bytes, "
+            f"over the {NAME_MAX} a filesystem allows; choose a shorter one"
+        )
+    return path
+
+
 def _folder_beside(value: str | Path, key: str, source: str) -> Path:
     """A folder setting (`output`, `data.cache`) as a path: `~` expanded, a relative one taken
     from the experiments file's folder, whatever folder abl is started from."""
@@ -349,12 +369,7 @@ def _folder_beside(value: str | Path, key: str, source: str) -> Path:
             f"{source}: {key} = {str(value)!r} holds a NUL byte, which no path can; write the "
             "folder path without it"
         )
-    try:
-        folder = Path(value).expanduser()
-    except RuntimeError:
-        raise AblError(
-            f"{source}: {key} = {value}: the home folder of its `~` is unknown; write the full path"
-        ) from None
+    folder = _expand(value, key, source)
     return folder if folder.is_absolute() else Path(source).parent / folder
 
 
@@ -367,8 +382,12 @@ def _parse_task_defs(raw: Any, where: str, source: str) -> tuple[TaskDef, ...]:
     base = Path(source).parent
     out = []
     for name, body in raw.items():
-        name = str(name)
-        if not TASK_NAME.match(name):
+        if not isinstance(name, str):  # YAML reads 123 as a number, yes as True
+            raise AblError(
+                f"{source}: {where} has a task named {name!r}, which YAML reads as "
+                f"{type(name).__name__}; quote it ('{name}') or choose a name with letters"
+            )
+        if not TASK_NAME.fullmatch(name):
             raise AblError(f"{source}: {where}.{name}: a task name is letters, digits, '-', '_'")
         if name in TASKS:
             raise AblError(f"{source}: {where}.{name} is a built-in task; choose another name")
@@ -383,12 +402,18 @@ def _parse_task_defs(raw: Any, where: str, source: str) -> tuple[TaskDef, ...]:
                 f"(or file), got {body['root']!r}"
             )
         options = {k: v for k, v in body.items() if k not in ("format", "root")}
+        for k in options:
+            if not isinstance(k, str) or k == "name":
+                raise AblError(
+                    f"{source}: {where}.{name} has an option {k!r}; the task's name is its "
+                    "key, and its options are the format's settings (docs/byo.md)"
+                )
         layout = FORMATS.get(str(body["format"]).strip().lower())
         hints = typing.get_type_hints(layout.__init__) if layout else {}
         for k, v in options.items():
             if k in hints and k not in ("name", "root", "return"):
                 options[k] = _coerce(v, hints[k], f"{where}.{name}.{k}", source)
-        root = Path(body["root"]).expanduser()
+        root = _expand(body["root"], f"{where}.{name}.root", source)
         if not root.is_absolute():
             root = base / root  # relative to the experiments file, like `output`
         try:
@@ -481,9 +506,11 @@ def _check_every_setting(r: RecipeConfig, bad: typing.Callable[[str, str], AblEr
             if not value and default:
                 example = ", ".join(map(str, default))
                 raise bad(key, f"is empty; list at least one item, e.g. [{example}]")
-            twice = [v for i, v in enumerate(value) if v in value[:i]]
-            if twice:
-                raise bad(key, f"lists {twice[0]!r} twice; list each item once")
+            seen: set = set()  # 1, 1.0 and True are one item here, as they are to ==
+            for v in value:
+                if v in seen:
+                    raise bad(key, f"lists {v!r} twice; list each item once")
+                seen.add(v)
 
 
 def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
@@ -507,6 +534,12 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
             "frontend.eps",
             f"= {fe.eps} must be at least {MIN_EPS:g}: it keeps log(mel) of silence finite, and "
             "float32 arithmetic drops a smaller one (log(0) = -inf); the default is 1e-7",
+        )
+    if not fe.eps <= MAX_EPS:
+        raise bad(
+            "frontend.eps",
+            f"= {fe.eps} must be at most {MAX_EPS:g}: a full-scale sound's mel power is about "
+            "that, so a larger floor flattens every log-mel to one value; the default is 1e-7",
         )
     if not SAMPLE_RATES[0] <= fe.sample_rate <= SAMPLE_RATES[1]:
         low, high = SAMPLE_RATES
@@ -579,8 +612,14 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
     one_of("loss.global_loss", r.loss.global_loss, GLOBAL_LOSSES)
     if r.loss.global_loss == "nce" and r.loss.global_pool != "clip":
         raise bad("loss.global_loss", "= nce needs loss.global_pool: clip (one embedding a clip)")
-    if not r.loss.global_temperature > 0:
-        raise bad("loss.global_temperature", f"= {r.loss.global_temperature} must be > 0")
+    within(
+        "loss.global_temperature",
+        r.loss.global_temperature,
+        MIN_TEMPERATURE,
+        1e3,
+        "the InfoNCE logits are divided by it, and under 1e-4 they overflow float32 (the "
+        "default is 0.1)",
+    )
     one_of("loss.kind", r.loss.kind, LOSSES)
     pf, pt = enc.patch
     if pf <= 0 or pt <= 0 or fe.n_mels % pf or fe.frames % pt:
@@ -770,6 +809,22 @@ def _is_recipe_path(text: str) -> bool:
     return section in SECTIONS and key in {f.name for f in fields(SECTIONS[section])}
 
 
+def _label_problem(name: str) -> str | None:
+    """Why `name` cannot label trials (an axis or a configs entry), or None. Labels are printed,
+    joined into `axis=value,axis=value` and looked up by `--axis`: they must print as written
+    and parse back."""
+    if not name.isprintable():
+        return "it holds a control character (a newline, a tab, a terminal escape)"
+    if name != name.strip():
+        return "it starts or ends with a space"
+    for sign in ("=", ","):
+        if sign in name:
+            return f"it holds {sign!r} (trials are labelled name=value,name=value)"
+    if name.casefold() in TRIAL_AXES:
+        return f"{name!r} is what abl calls its own trials ({', '.join(TRIAL_AXES)})"
+    return None
+
+
 def _check_axis_name(name: Any, source: str) -> None:
     """An axis name labels trials (`name=value`) and names them in `crossed` and `--axis`."""
     if not isinstance(name, str) or not name.strip():
@@ -777,16 +832,9 @@ def _check_axis_name(name: Any, source: str) -> None:
             f"{source}: axes has an axis named {name!r}; an axis name must be a non-empty "
             "text, e.g. masking (or the section.setting path it varies)"
         )
-    if "=" in name:
-        raise AblError(
-            f"{source}: axes.{name}: an axis name cannot hold '=' (trials are labelled "
-            "name=value); rename it"
-        )
-    if name in TRIAL_AXES:
-        raise AblError(
-            f"{source}: axes.{name}: {name!r} is what abl calls its own trials "
-            f"({', '.join(TRIAL_AXES)}); give the axis another name"
-        )
+    why = _label_problem(name)
+    if why:
+        raise AblError(f"{source}: axes.{name!r}: {why}; rename the axis, e.g. masking")
 
 
 def _parse_axes(raw: Any, source: str) -> tuple[Axis, ...]:
@@ -941,11 +989,14 @@ def _parse_configs(raw: Any, baseline: RecipeConfig, source: str) -> tuple[Confi
         name = body.get("name")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise AblError(f"{source}: {where}.name must be a non-empty text, got {name!r}")
-        if name == "baseline":
+        if name is not None and name.casefold() == "baseline":
             raise AblError(
-                f"{source}: {where}.name 'baseline' is the name of the baseline's trials, which "
+                f"{source}: {where}.name {name!r} is the name of the baseline's trials, which "
                 "always run beside the entries; give the entry another name"
             )
+        why = None if name is None else _label_problem(name)
+        if why:
+            raise AblError(f"{source}: {where}.name {name!r}: {why}; rename the entry")
         values: list[tuple[str, Any]] = []
         for path, value in body.items():
             if path == "name":
@@ -995,7 +1046,7 @@ def _config_axes(configs: tuple[ConfigEntry, ...]) -> tuple[Axis, ...]:
     return tuple(Axis(p, p, tuple(vals.values())) for p, vals in by_path.items())
 
 
-def _check_storage_urls(storage: StorageSpec, source: str) -> None:
+def check_storage_urls(storage: StorageSpec, source: str) -> None:
     """Database URLs that parse, name a known database, and are three different databases
     (Optuna, the results and MLflow each keep an `alembic_version` table, and the first two
     share table names)."""
@@ -1009,6 +1060,11 @@ def _check_storage_urls(storage: StorageSpec, source: str) -> None:
         url = getattr(storage, key)
         if url is None:
             continue
+        if "\0" in url:
+            raise AblError(
+                f"{source}: storage.{key} holds a NUL byte, which no URL or path can; write "
+                "the URL without it"
+            )
         database = key != "mlflow" or url.split(":", 1)[0].split("+")[0] in DATABASE_SCHEMES
         scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", url)
         if key == "mlflow" and (scheme is None or scheme[1].lower() == "file"):
@@ -1040,6 +1096,12 @@ def _check_storage_urls(storage: StorageSpec, source: str) -> None:
                     "write one like postgresql://user@host/abl_" + key + ", or delete the key "
                     "for SQLite under the output folder"
                 ) from None
+        if database and _in_memory(url):
+            raise AblError(
+                f"{source}: storage.{key} = {url} is an in-memory database, which keeps nothing "
+                "and which the workers cannot share; name a file (sqlite:////path/to/file.db) "
+                "or delete the key"
+            )
         file = _sqlite_file(url)
         for other, other_url in given.items():
             if url == other_url:
@@ -1063,6 +1125,14 @@ def _tracking_schemes() -> set[str]:
 
     plugins = {e.name.lower() for e in entry_points(group="mlflow.tracking_store")}
     return {"http", "https", "databricks", *plugins}
+
+
+def _in_memory(url: str) -> bool:
+    """True for a SQLite URL without a file (`sqlite://`, `sqlite:///:memory:`)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
 
 
 def _sqlite_file(url: str) -> str | None:
@@ -1133,6 +1203,19 @@ def _read_yaml(text: str) -> Any:
                 todo.append(value)
         elif isinstance(node, yaml.SequenceNode):
             todo.extend(node.value)
+        elif (
+            isinstance(node, yaml.ScalarNode)
+            and node.style is None
+            and ":" in node.value
+            and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+        ):
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{node.value} is a base-60 number to YAML 1.1 (1:30 reads as 90); write the "
+                "number itself, or quote it if it is text",
+                node.start_mark,
+            )
     return yaml.safe_load(text)
 
 
@@ -1152,6 +1235,11 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
         ) from None
     try:
         raw = _read_yaml(text)
+    except RecursionError:
+        raise AblError(
+            f"{source}: lists or mappings nested deeper than a YAML reader can follow; an "
+            "experiments file is a few levels deep: write it as docs/keys.md shows"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -1173,7 +1261,7 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
                 "indented under it), or delete the line"
             )
     study = raw.get("study")
-    if not isinstance(study, str) or not STUDY_NAME.match(study):
+    if not isinstance(study, str) or not STUDY_NAME.fullmatch(study):
         raise AblError(
             f"{source}: study must be a name of letters, digits, '-', '_' or '.', got {study!r}"
         )
@@ -1251,7 +1339,7 @@ def load_spec(path: str | Path, output: str | Path | None = None) -> StudySpec:
         if "storage" in raw
         else StorageSpec()
     )
-    _check_storage_urls(storage, source)
+    check_storage_urls(storage, source)
     out = output if output is not None else raw.get("output", "abl-out")
     if not isinstance(out, str | Path):
         raise AblError(f"{source}: output must be a folder path")

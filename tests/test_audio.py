@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from model.data.audio import AudioError, is_silent, load_audio, save_flac
+from model.data.audio import MIN_NATIVE_RATE, AudioError, is_silent, load_audio, save_flac
 
 # Voice lines (ogg vorbis, 22.05 kHz) from the Debian package fillets-ng-data.
 RECORDINGS = Path("/usr/share/games/fillets-ng/sound")
@@ -184,6 +184,19 @@ def test_non_finite_samples_raise(tmp_path: Path) -> None:
     path = write_float_wav(tmp_path / "nan.wav", data, 16000)
     with pytest.raises(AudioError, match="nan.wav: audio contains non-finite"):
         load_audio(path, 16000)
+
+
+@pytest.mark.parametrize("rate", [1, 999])
+def test_a_header_rate_under_any_audio_raises_naming_it(tmp_path: Path, rate: int) -> None:
+    # A real recording relabelled at `rate` Hz: resampling it to 16 kHz would make it
+    # 16,000 / rate times longer, so it is refused before any resampling.
+    t = np.arange(4000) / 16000
+    path = tmp_path / "relabelled.wav"
+    sf.write(path, np.sin(2 * np.pi * 440 * t).astype(np.float32), rate)
+    with pytest.raises(AudioError, match=f"relabelled.wav: its header declares {rate} Hz"):
+        load_audio(path, 16000)
+    sf.write(path, np.sin(2 * np.pi * 440 * t).astype(np.float32), MIN_NATIVE_RATE)
+    assert len(load_audio(path, 16000)) == 64000  # the floor itself is audio
 
 
 def test_is_silent() -> None:

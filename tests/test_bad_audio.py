@@ -1,9 +1,11 @@
-"""Bad audio inside a study: corrupt, empty, truncated and silent files, and odd sample rates,
-in a bring-your-own data set of real clips. Preparation skips what it cannot use, the study
-runs on, and `abl status` and the report count what was skipped."""
+"""Bad audio inside a study: corrupt, empty, truncated and silent files, a dangling link, a
+named pipe, and odd sample rates, in a bring-your-own data set of real clips. Preparation
+skips what it cannot use, the study runs on, and `abl status` and the report count what was
+skipped."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -41,6 +43,7 @@ def _dataset(root: Path, env_sfx: PreparedTask) -> int:
     (bad / "truncated.flac").write_bytes(data[: len(data) // 3])
     (bad / "whole.flac").unlink()
     (bad / "moved.wav").symlink_to(root / "nowhere.wav")  # a link whose file went
+    os.mkfifo(bad / "pipe.wav")  # reading a named pipe would wait for a writer forever
     return sum(1 for _ in root.rglob("clip*.wav"))  # the good ones
 
 
@@ -66,7 +69,7 @@ def test_bad_clips_are_skipped_counted_and_the_study_runs_on(tmp_path, env_sfx):
 
     prep = runner.invoke(app, ["data", "prepare", "--task", "mixed", "-e", str(exp)])
     assert prep.exit_code == 0, prep.output
-    assert "mixed: skipped 5 clips" in prep.output
+    assert "mixed: skipped 6 clips" in prep.output
 
     res = runner.invoke(app, ["run", "-j", "1", str(exp)])
     assert res.exit_code == 0, res.output
@@ -77,9 +80,9 @@ def test_bad_clips_are_skipped_counted_and_the_study_runs_on(tmp_path, env_sfx):
     status = runner.invoke(app, ["status", str(exp)])
     assert status.exit_code == 0, status.output
     assert (
-        f"data: {good} clips in 1 tasks; 5 clips skipped in 1 task when prepared: "
-        "mixed 1 silent, 4 unreadable" in status.output
+        f"data: {good} clips in 1 tasks; 6 clips skipped in 1 task when prepared: "
+        "mixed 1 silent, 5 unreadable" in status.output
     )
     page = (tmp_path / "out" / "reports" / "bad-audio" / "index.html").read_text()
-    assert "Audio skipped: 5 clips could not be used" in page
-    assert f"mixed: 1 silent, 4 unreadable (of {good + 5} files; {good} used)" in page
+    assert "Audio skipped: 6 clips could not be used" in page
+    assert f"mixed: 1 silent, 5 unreadable (of {good + 6} files; {good} used)" in page

@@ -249,3 +249,9 @@ def test_data_list_refuses_a_data_folder_that_is_not_one(tmp_path):
         assert result.output.count("\n") == 1
     result = runner.invoke(app, ["data", "list", "--data", str(tmp_path)])
     assert result.exit_code == 0 and "env-sfx: not prepared" in result.output
+    # `abl data prepare` makes a missing folder, and refuses a file before writing anything.
+    result = runner.invoke(
+        app, ["data", "prepare", "--task", "env-sfx", "--data", str(tmp_path / "file")]
+    )
+    refused(result, f"--data {tmp_path / 'file'}: ", "a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -287,6 +287,9 @@ def test_settings_that_cannot_vary_are_not_axes(tmp_path, path):
         ({"mlflow": "file:///tmp/mlruns"}, ["storage.mlflow = file:///tmp/mlruns", "sqlite:///"]),
         ({"mlflow": "file://u:secret@h/m"}, ["storage.mlflow = file://u:***@h/m"]),
         ({"optuna": "journal://rel.log"}, ["storage.optuna = journal://rel.log", "absolute path"]),
+        ({"results": "sqlite:////tmp/a\0b.db"}, ["storage.results holds a NUL byte"]),
+        ({"results": "sqlite://"}, ["storage.results = sqlite:// is an in-memory database"]),
+        ({"mlflow": "sqlite:///:memory:"}, ["storage.mlflow", "in-memory"]),
     ],
 )
 def test_storage_urls_are_checked_when_loaded(tmp_path, storage, words):
@@ -333,6 +336,20 @@ def test_byo_options_are_typed(tmp_path):
     refused(tmp_path, write(tmp_path, declare(test_fold=2.5)), ["mine.test_fold", "integer"])
     refused(tmp_path, write(tmp_path, declare(test_fold=Raw(".inf"))), ["mine.test_fold"])
     refused(tmp_path, write(tmp_path, declare(val_fold=None, root=None)), ["mine.root"])
+    # The task's name is its key; an option YAML keys by a number is no option.
+    refused(tmp_path, write(tmp_path, declare(name="other")), ["mine has an option 'name'"])
+    numbered = {"format": "esc50", "root": str(tmp_path), 1: 2}
+    f = write(tmp_path, lambda s: s["baseline"]["data"].update(tasks={"mine": numbered}))
+    refused(tmp_path, f, ["mine has an option 1"])
+    refused(tmp_path, write(tmp_path, declare(root="~nobody-abl/x")), ["mine.root", "`~`"])
+
+
+@pytest.mark.parametrize(("name", "words"), [(123, ["123", "int", "quote it"]), (True, ["bool"])])
+def test_a_task_named_by_a_number_or_a_boolean_says_to_quote_it(tmp_path, name, words):
+    def mutate(s):
+        s["baseline"]["data"]["tasks"] = {name: {"format": "folder", "root": str(tmp_path)}}
+
+    refused(tmp_path, write(tmp_path, mutate), ["baseline.data.tasks has a task named", *words])
 
 
 def test_a_finite_file_still_loads(tmp_path):

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from orchestrator.cli import app, status_line
 from orchestrator.evaluate import _check_finished
 from orchestrator.spec import load_spec
 from orchestrator.tracking import Tracker
@@ -69,6 +70,79 @@ def test_export_refuses_a_folder_or_a_suffix_it_would_not_write(
     res = runner.invoke(app, ["export", str(exp), *args])
     one_line(res, *(w.replace("{tmp}", str(tmp_path)) for w in words))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments.yaml"]  # nothing written
+
+
+def test_status_counts_each_trial_once():
+    # A released or failed trial is failed, not also pending (the counts used to overlap).
+    line = status_line("s", 4, {"done": 1, "running": 1, "failed": 1}, 60.0)
+    assert (
+        line
+        == "study s: 4 trials: 1 done, 1 running, 1 failed, 1 pending, ETA 1 min at 60s a trial"
+    )
+    line = status_line("s", 3, {"done": 1, "running": 0, "failed": 0, "pruned": 1}, None)
+    assert line == "study s: 3 trials: 1 done, 0 running, 0 failed, 1 pending (1 pruned)"
+
+
+def test_a_dry_run_refuses_what_the_run_would(tmp_path, tiny_experiments):
+    exp = tiny_experiments()
+    res = runner.invoke(app, ["run", str(exp), "--dry-run", "-j", "0"])
+    one_line(res, "--jobs 0: use 1 or more worker processes")
+    (tmp_path / "file").write_text("")
+    res = runner.invoke(app, ["run", str(exp), "--dry-run", "-o", str(tmp_path / "file")])
+    one_line(res, f"output folder {tmp_path / 'file'} is not writable", "not a folder")
+    spec = yaml.safe_load(exp.read_text())
+    spec["baseline"]["data"]["tasks"] = {"mine": {"format": "folder", "root": "gone"}}
+    exp.write_text(yaml.safe_dump(spec))
+    res = runner.invoke(app, ["run", str(exp), "--dry-run"])
+    one_line(res, "baseline.data.tasks.mine.root", "does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments.yaml", "file"]
+
+
+@pytest.mark.parametrize(
+    ("storage", "words"),
+    [
+        ("", ["--storage is empty", "drop the flag"]),  # it used to mean "the file's"
+        ("sqlite://", ["(--storage): storage.optuna = sqlite:// is an in-memory database"]),
+        ("postgresql://u@127.0.0.1:1/db?password=hunter2", ["password=***", "cannot be reached"]),
+    ],
+)
+def test_a_worker_checks_the_storage_it_is_given(tmp_path, tiny_experiments, storage, words):
+    exp = tiny_experiments()
+    res = runner.invoke(app, ["worker", str(exp), "--storage", storage])
+    one_line(res, *words)
+    assert "hunter2" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments.yaml"]
+
+
+def test_export_to_a_place_it_cannot_write_is_one_line_and_leaves_nothing(
+    tmp_path, tiny_experiments
+):
+    exp = tiny_experiments()
+    out = _finished(exp)
+    (tmp_path / "file").write_text("")
+    for target, why in (("/proc/abl-none.csv", "No such file"), (f"{tmp_path}/file/t.csv", "")):
+        res = runner.invoke(app, ["export", str(exp), "--out", target])
+        one_line(res, f"--out {target}", why)
+    assert not [p for p in out.iterdir() if p.suffix == ".csv"]
+    assert not [p for p in tmp_path.rglob(".*partial*")]
+
+
+@pytest.mark.parametrize(
+    ("target", "words"),
+    [
+        ("{tmp}", ["--out {tmp} is a folder", "{tmp}/x.pt"]),
+        ("{tmp}/best.txt", ["--out {tmp}/best.txt: name a .pt file"]),
+        ("{tmp}/file/best.pt", ["{tmp}/file is a file, not a folder"]),
+    ],
+)
+def test_export_best_checks_its_file_before_it_chooses(tmp_path, tiny_experiments, target, words):
+    exp = tiny_experiments()
+    _finished(exp)
+    (tmp_path / "file").write_text("")
+    target = target.replace("{tmp}", str(tmp_path))
+    res = runner.invoke(app, ["export-best", str(exp), "--out", target])
+    one_line(res, *(w.replace("{tmp}", str(tmp_path)) for w in words))
+    assert not list(tmp_path.glob("**/*.pt")) and not list(tmp_path.glob("**/.*partial*"))
 
 
 def test_export_writes_the_format_its_suffix_names(tmp_path, tiny_experiments):

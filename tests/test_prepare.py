@@ -147,10 +147,13 @@ def test_a_manifest_naming_a_missing_file_is_refused_before_writing(tmp_path):
     [
         ({"optuna": "postgresql://abl@127.0.0.1:1/abl"}, ["storage.optuna", "127.0.0.1"]),
         ({"results": "postgresql://abl:secret@127.0.0.1:1/abl"}, ["storage.results", "***"]),
+        (  # libpq also takes the password as a query parameter
+            {"results": "postgresql://abl@127.0.0.1:1/abl?password=secret"},
+            ["storage.results", "abl?password=***", "cannot be reached"],
+        ),
         ({"mlflow": "http://127.0.0.1:1"}, ["storage.mlflow", "cannot be reached"]),
         ({"optuna": "sqlite:////nonexistent-abl/optuna.db"}, ["storage.optuna", "does not exist"]),
         ({"mlflow": "sqlite:////nonexistent-abl/m.db"}, ["storage.mlflow", "does not exist"]),
-        ({"results": "sqlite://"}, ["storage.results", "in-memory"]),
         # A journal folder that cannot be made (mkdir fails under /proc, even for root).
         (
             {"optuna": "journal:///proc/abl-none/x.log"},

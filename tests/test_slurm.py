@@ -229,6 +229,10 @@ def test_options_map_to_the_job_directives(tiny):
         ({"name": "pbs"}, [], "launcher.name = 'pbs' is unknown"),
         ({"name": "slurm", "gpu_per_trial": 1}, [], "did you mean 'gpus_per_trial'"),
         ({"name": "slurm", "time_min": 1, "signal_s": 120}, [], "launcher.signal_s"),
+        ({"name": "slurm"}, ["--time-min", str(10**20)], "must be from 1 to 525600"),
+        ({"name": "slurm", "partition": "gpu\n"}, [], "launcher.partition = 'gpu\\n'"),
+        ({"name": "slurm", "mem": "16G\n"}, [], "launcher.mem"),
+        ({"name": "slurm", "extra": ["constraint=a100\n"]}, [], "must be key=value"),
     ],
 )
 def test_bad_launcher_settings_are_one_line(tiny, launcher, flags, message):

@@ -81,7 +81,11 @@ BAD = {
     ),
     "zero clip-level temperature": (
         lambda s: s["baseline"]["loss"].update(global_temperature=0.0),
-        ["loss.global_temperature", "> 0"],
+        ["loss.global_temperature", "must be in [0.0001, 1000]"],
+    ),
+    "a clip-level temperature float32 rounds to 0": (
+        lambda s: s["baseline"]["loss"].update(global_temperature=5e-324),
+        ["loss.global_temperature = 5e-324", "overflow float32"],
     ),
     "negative SIGReg weight": (
         lambda s: s["baseline"]["loss"].update(sigreg_weight=-0.1),
@@ -114,6 +118,10 @@ BAD = {
     "an epsilon float32 drops": (
         lambda s: s["baseline"]["frontend"].update(eps=1e-50),
         ["frontend.eps", "at least 1e-30"],
+    ),
+    "an epsilon float32 cannot hold": (
+        lambda s: s["baseline"]["frontend"].update(eps=1e39),
+        ["frontend.eps = 1e+39", "at most 10000", "flattens every log-mel"],
     ),
     "silence share out of range": (
         lambda s: s["baseline"]["data"].update(max_silence=1.5),
@@ -229,11 +237,31 @@ BAD = {
     ),
     "axis name with =": (
         lambda s: s.update(axes={"ratio=high": {"path": "mask.ratio", "values": [0.5]}}),
-        ["axes.ratio=high", "cannot hold '='"],
+        ["axes.'ratio=high'", "holds '='", "rename the axis"],
+    ),
+    "axis name with a comma": (
+        lambda s: s.update(axes={"a,b": {"path": "mask.ratio", "values": [0.5]}}),
+        ["axes.'a,b'", "holds ','", "name=value,name=value"],
     ),
     "axis named as the baseline": (
         lambda s: s.update(axes={"baseline": {"path": "mask.ratio", "values": [0.5]}}),
-        ["axes.baseline", "what abl calls its own trials", "another name"],
+        ["axes.'baseline'", "what abl calls its own trials", "rename the axis"],
+    ),
+    "axis named as the baseline in capitals": (
+        lambda s: s.update(axes={"Baseline": {"path": "mask.ratio", "values": [0.5]}}),
+        ["axes.'Baseline'", "what abl calls its own trials"],
+    ),
+    "axis name with a newline": (
+        lambda s: s.update(axes={"ratio\n": {"path": "mask.ratio", "values": [0.5]}}),
+        ["axes.'ratio\\n'", "control character"],
+    ),
+    "axis name with a terminal escape": (
+        lambda s: s.update(axes={"\x1b[31mred": {"path": "mask.ratio", "values": [0.5]}}),
+        ["axes.'\\x1b[31mred'", "control character"],
+    ),
+    "axis name ending in a space": (
+        lambda s: s.update(axes={"ratio ": {"path": "mask.ratio", "values": [0.5]}}),
+        ["axes.'ratio '", "ends with a space"],
     ),
     "axis named after another setting": (
         lambda s: s.update(axes={"mask.ratio": {"path": "mask.strategy", "values": ["time"]}}),
@@ -242,6 +270,7 @@ BAD = {
     "no axes": (lambda s: s.update(axes={}), ["axes"]),
     "bad seeds": (lambda s: s.update(seeds=[0, 0]), ["seeds"]),
     "bad study name": (lambda s: s.update(study="../escape"), ["study"]),
+    "study name ending in a newline": (lambda s: s.update(study="s\n"), ["study"]),
     "too many target blocks": (
         lambda s: s["baseline"]["mask"].update(target_blocks=66),
         ["baseline.mask.target_blocks", "65 patches", "encoder.patch", "at most 65"],
@@ -295,6 +324,18 @@ BAD = {
     "entry named as the baseline": (
         as_list([{"name": "baseline", "mask.ratio": 0.7}]),
         ["configs[0].name 'baseline'", "another name"],
+    ),
+    "entry named as a reference": (
+        as_list([{"name": "Reference", "mask.ratio": 0.7}]),
+        ["configs[0].name 'Reference'", "what abl calls its own trials", "rename the entry"],
+    ),
+    "entry name with =": (
+        as_list([{"name": "a=b", "mask.ratio": 0.7}]),
+        ["configs[0].name 'a=b'", "holds '='"],
+    ),
+    "entry name with a terminal escape": (
+        as_list([{"name": "\x1b[2Jx", "mask.ratio": 0.7}]),
+        ["configs[0].name '\\x1b[2Jx'", "control character"],
     ),
     "factorial past the hard limit": (
         lambda s: s.update(
@@ -359,6 +400,8 @@ RAW = {
     "unclosed quote": ('study: "x\nseeds: [0]\n', ["YAML syntax error"]),
     "bad indentation": ("study: x\nbaseline:\n  mask:\n ratio: 0.5\n", ["YAML syntax error"]),
     "tab indentation": ("study: x\nbaseline:\n\tmask: {}\n", ["YAML syntax error"]),
+    "base-60 number": ("study: x\nseeds: [1:30]\n", ["line 2", "1:30 is a base-60 number"]),
+    "nested thousands deep": ("baseline: " + "[" * 3000 + "]" * 3000, ["nested deeper"]),
     "object/apply tag": (
         "study: !!python/object/apply:os.system ['echo hacked']\n",
         ["YAML syntax error", "python/object/apply"],

@@ -20,6 +20,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+# The lowest sample rate a file's header may declare: telephone speech is 8 kHz and the lowest
+# rates in use (some bioacoustics, old voice codecs) are a few kHz. A header that says less is
+# damaged or mislabelled, and resampling it to 16 kHz would inflate it thousands of times.
+MIN_NATIVE_RATE = 1000
+
 
 class AudioError(ValueError):
     """Audio that cannot be decoded or is unusable (empty, non-finite); names the file."""
@@ -48,7 +53,8 @@ def load_audio(
 
     Raises:
         AudioError: the data is not decodable audio (unknown format, truncated so that the
-            codec notices, not audio at all), decodes to no samples, or holds NaN/inf.
+            codec notices, not audio at all), decodes to no samples, declares a sample rate
+            under MIN_NATIVE_RATE, or holds NaN/inf.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -66,6 +72,12 @@ def load_audio(
 
     if data.shape[0] == 0:
         raise AudioError(f"{label}: audio has no samples")
+    # A header's rate is bad input like any other: 1 Hz would be resampled 16,000-fold.
+    if native_rate < MIN_NATIVE_RATE:
+        raise AudioError(
+            f"{label}: its header declares {native_rate} Hz, under the {MIN_NATIVE_RATE} Hz "
+            "any audio has; rewrite it at its true sample rate"
+        )
     # Checked before resampling, which would smear a single NaN across the whole clip.
     if not np.isfinite(data).all():
         raise AudioError(f"{label}: audio contains non-finite samples (NaN or inf)")

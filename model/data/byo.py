@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import hashlib
 import inspect
 import io
 import json
 import os
 import re
+import stat
+from functools import partial
 from pathlib import Path
 
 from model.data.sources import RawClip, TaskSource, prepared_file
@@ -131,13 +134,16 @@ class _Layout:
     def _audio(self, path: Path, where: str) -> Path:
         """`path`, named by a manifest at `where` ("file:line"), must be an existing file."""
         if not path.is_file():
-            raise AblError(f"{where}: audio file {path} not found; restore it or remove the entry")
+            what = "is not a regular file" if path.exists() else "not found"
+            raise AblError(f"{where}: audio file {path} {what}; restore it or remove the entry")
         self._seen.append(path)
         return path
 
     def _clip(self, path: Path, label: str, group: str, split: str | None = None) -> RawClip:
         self._seen.append(path)
-        return RawClip(_relative_name(path, self.root), label, group, path.read_bytes, split)
+        return RawClip(
+            _relative_name(path, self.root), label, group, partial(_read_file, path), split
+        )
 
     def _read_csv(
         self, path: Path, required: tuple[str, ...], lower: bool = False, hint: str = ""
@@ -223,6 +229,14 @@ def _relative_name(path: Path, root: Path) -> str:
 def _hidden(name: str) -> bool:
     # Dot files include macOS "._x.wav" resource forks, which look like audio but are not.
     return name.startswith(".") or name == "__MACOSX"
+
+
+def _read_file(path: Path) -> bytes:
+    """The bytes of a regular file. A named pipe, socket or device that merely carries an audio
+    suffix is refused: reading one could wait forever."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device)", str(path))
+    return path.read_bytes()
 
 
 def _audio_files(folder: Path) -> list[Path]:
@@ -356,7 +370,9 @@ class CsvTask(_Layout):
                     )
             name = _relative_name(path, base)
             out.append(
-                RawClip(name, row["label"], row.get("group") or name, path.read_bytes, split)
+                RawClip(
+                    name, row["label"], row.get("group") or name, partial(_read_file, path), split
+                )
             )
         return out
 
