@@ -110,6 +110,10 @@ class TargetConfig:
 @dataclass(frozen=True)
 class LossConfig:
     kind: str = "l2"  # l2 | smooth_l1 | cosine (normalised L2: 2 - 2 cos, halved)
+    # The weight of the JEPA's own term, the predictor's guess of the target tokens. 0 leaves
+    # the other terms (the clip-level one) to train the encoder alone: does token prediction
+    # matter when they are there?
+    token_weight: float = 1.0
     # VICReg-style terms on the context encoder's clip embeddings (mean over its tokens),
     # against collapse: a hinge on each channel's standard deviation across the batch, and
     # the squared off-diagonal covariances. 0 = off.

@@ -270,7 +270,7 @@ class JEPA(nn.Module):
         ctx = self.encoder(xs if heard is None else heard, keep=masks.context, offset=at)
         pred = self.predictor(ctx, masks)  # (B*M, Nt, D)
         pred_loss = jepa_loss(pred.float(), tgt, lc)
-        loss = pred_loss
+        loss = lc.token_weight * pred_loss  # x 1.0 is exact: the default trains as before
         if lc.var_weight or lc.cov_weight:
             var, cov = variance_covariance(ctx.mean(1))
             loss = loss + lc.var_weight * var + lc.cov_weight * cov

@@ -70,6 +70,7 @@ KEY_NEUTRAL: dict[str, Any] = {
     "train.grad_clip": 0.0,
     "data.max_silence": 1.0,
     "data.gain_db": 0.0,
+    "loss.token_weight": 1.0,
 }
 
 # Data set name -> the content hash of its prepared audio.

@@ -621,6 +621,15 @@ def validate_recipe(r: RecipeConfig, where: str, source: str) -> None:
         "default is 0.1)",
     )
     one_of("loss.kind", r.loss.kind, LOSSES)
+    lc = r.loss
+    if not lc.token_weight and not (
+        lc.global_weight or lc.var_weight or lc.cov_weight or lc.sigreg_weight
+    ):
+        raise bad(
+            "loss.token_weight",
+            "= 0 and no other loss term is on, so nothing trains the encoder; set "
+            "loss.global_weight above 0 (the clip-level term), or token_weight above 0",
+        )
     pf, pt = enc.patch
     if pf <= 0 or pt <= 0 or fe.n_mels % pf or fe.frames % pt:
         raise bad(

@@ -414,6 +414,16 @@ def test_missing_metadata_spcv2_testing_list(tmp_path: Path) -> None:
         SpeechCommandsTask("t", root).clips()
 
 
+def test_a_column_twice_and_an_open_quote_are_named(tmp_path: Path) -> None:
+    manifest = write_csv(tmp_path / "m.csv", ["path", "label", "PATH"], [["a.wav", "x", "b"]])
+    with pytest.raises(AblError, match="m.csv: column 'path' appears twice.*case-blind"):
+        CsvTask("t", manifest).clips()
+    # An open quote used to swallow the rest of the file into one row ("empty path or label").
+    manifest.write_text('path,label\n"a.wav,x\nb.wav,y\n')
+    with pytest.raises(AblError, match="m.csv:2: not valid CSV from this line on.*close its quote"):
+        CsvTask("t", manifest).clips()
+
+
 def test_missing_columns(tmp_path: Path) -> None:
     manifest = write_csv(tmp_path / "m.csv", ["file", "label"], [["a.wav", "x"]])
     with pytest.raises(AblError, match=f"{re.escape(str(manifest))}: missing column.*path"):

@@ -109,6 +109,8 @@ AXES = [
     ("target.top_k", 1, 2, {}),
     ("target.source", "latent", "input", {}),
     ("loss.global_weight", 0.0, 1.0, {}),
+    ("loss.token_weight", 1.0, 0.5, {}),
+    ("loss.token_weight", 1.0, 0.0, {"loss.global_weight": 1.0}),
     ("loss.global_weight", 0.0, 1.0, {"target.branch": "full-input"}),
     ("loss.global_view", "same", "other", {"loss.global_weight": 1.0}),
     ("loss.global_view", "same", "other", {"loss.global_weight": 1.0, "mask.per_crop": 2}),

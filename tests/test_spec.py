@@ -83,6 +83,10 @@ BAD = {
         lambda s: s["baseline"]["loss"].update(global_temperature=0.0),
         ["loss.global_temperature", "must be in [0.0001, 1000]"],
     ),
+    "no loss term left": (
+        lambda s: s["baseline"]["loss"].update(token_weight=0, global_weight=0),
+        ["loss.token_weight = 0", "nothing trains the encoder", "loss.global_weight"],
+    ),
     "a clip-level temperature float32 rounds to 0": (
         lambda s: s["baseline"]["loss"].update(global_temperature=5e-324),
         ["loss.global_temperature = 5e-324", "overflow float32"],

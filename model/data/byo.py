@@ -26,8 +26,10 @@ import json
 import os
 import re
 import stat
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from model.data.sources import RawClip, TaskSource, prepared_file
 from model.errors import AblError
@@ -152,22 +154,42 @@ class _Layout:
         lower-cased when `lower`). A ".tsv" file is read tab-separated."""
         self._need_file(path)
         with io.StringIO(_utf8(path), newline="") as f:
-            reader = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            raw = next(reader, [])
-            header = [h.strip().lower() if lower else h.strip() for h in raw]
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise AblError(
-                    f"{path}: missing column(s) {', '.join(missing)} (header: "
-                    f"{', '.join(h.strip() for h in raw) or 'empty'}); the {self.format} layout "
-                    f"needs columns {hint or ', '.join(required)}"
-                )
-            rows = []
-            for cells in reader:
-                if not any(c.strip() for c in cells):
-                    continue
-                row = {h: cells[i].strip() if i < len(cells) else "" for i, h in enumerate(header)}
-                rows.append((reader.line_num, row))
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+            # strict: a quote left open is an error at its line, not a row that swallows the
+            # rest of the file
+            reader = _numbered(csv.reader(f, delimiter=delimiter, strict=True), path)
+            return self._csv_rows(path, reader, required, lower, hint)
+
+    def _csv_rows(
+        self,
+        path: Path,
+        reader: Iterator[tuple[int, list[str]]],
+        required: tuple[str, ...],
+        lower: bool,
+        hint: str,
+    ) -> list[tuple[int, dict[str, str]]]:
+        """The rows `_read_csv` reads from `reader`, its header checked."""
+        raw = next(reader, (1, []))[1]
+        header = [h.strip().lower() if lower else h.strip() for h in raw]
+        twice = sorted({h for h in header if h and header.count(h) > 1})
+        if twice:
+            raise AblError(
+                f"{path}: column {twice[0]!r} appears twice in the header"
+                f"{' (names are read case-blind)' if lower else ''}; keep one"
+            )
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise AblError(
+                f"{path}: missing column(s) {', '.join(missing)} (header: "
+                f"{', '.join(h.strip() for h in raw) or 'empty'}); the {self.format} layout "
+                f"needs columns {hint or ', '.join(required)}"
+            )
+        rows = []
+        for line, cells in reader:
+            if not any(c.strip() for c in cells):
+                continue
+            row = {h: cells[i].strip() if i < len(cells) else "" for i, h in enumerate(header)}
+            rows.append((line, row))
         return rows
 
     def _int(self, value: str, where: str, column: str) -> int:
@@ -229,6 +251,23 @@ def _relative_name(path: Path, root: Path) -> str:
 def _hidden(name: str) -> bool:
     # Dot files include macOS "._x.wav" resource forks, which look like audio but are not.
     return name.startswith(".") or name == "__MACOSX"
+
+
+def _numbered(reader: Any, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(the line a row starts on, its cells) from a csv.reader; a row it cannot parse is an
+    AblError naming that line."""
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise AblError(
+                f"{path}:{start}: not valid CSV from this line on ({e}); close its quote, or "
+                "quote a field that holds the separator"
+            ) from None
+        yield start, cells
 
 
 def _read_file(path: Path) -> bytes:
