@@ -9,6 +9,7 @@ import os
 # A write that failed for want of room: the disk (or the quota, or the file size limit) is
 # full, or the file system is read-only.
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+NAME_MAX = 255  # bytes in one name of a path, on every filesystem abl writes to
 
 
 class AblError(Exception):

@@ -15,8 +15,7 @@ from typing import Annotated
 
 import typer
 
-from model.errors import AblError, no_room
-from orchestrator.spec import NAME_MAX
+from model.errors import NAME_MAX, AblError, no_room
 
 app = typer.Typer(
     help="abl: controlled ablation studies of JEPA audio encoders.\n\n"

@@ -29,7 +29,7 @@ from model.data.byo import FORMATS, byo_source
 from model.data.features import SAMPLINGS
 from model.data.sources import TASKS
 from model.embed import ENCODERS
-from model.errors import AblError
+from model.errors import NAME_MAX, AblError
 from model.frontend import empty_mel_filters
 from model.jepa import (
     BRANCHES,
@@ -65,7 +65,6 @@ MAX_TRIALS = 256
 MAX_FACTORIAL_CELLS = 20_000
 # The recipe's sections by name: frontend -> FrontendConfig, ...
 SECTIONS: dict[str, type] = typing.get_type_hints(RecipeConfig)
-NAME_MAX = 255  # bytes in one name of a path, on every filesystem abl writes to
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 # Integers beyond 64 bits overflow the results database and the random generators.

@@ -344,6 +344,18 @@ def test_byo_options_are_typed(tmp_path):
     refused(tmp_path, write(tmp_path, declare(root="~nobody-abl/x")), ["mine.root", "`~`"])
 
 
+def test_a_name_longer_than_a_filesystem_takes_is_one_line(tmp_path):
+    long = "a" * 300
+    f = write(tmp_path, lambda s: s["baseline"]["data"].update(cache=f"{tmp_path}/{long}"))
+    refused(tmp_path, f, ["data.cache: the name aaaa", "is 300 bytes, over the 255"])
+    root = f"{tmp_path}/{long}/x"
+    f = write(
+        tmp_path,
+        lambda s: s["baseline"]["data"].update(tasks={"mine": {"format": "folder", "root": root}}),
+    )
+    refused(tmp_path, f, ["baseline.data.tasks.mine.root: the name aaaa", "300 bytes"])
+
+
 @pytest.mark.parametrize(("name", "words"), [(123, ["123", "int", "quote it"]), (True, ["bool"])])
 def test_a_task_named_by_a_number_or_a_boolean_says_to_quote_it(tmp_path, name, words):
     def mutate(s):

@@ -120,6 +120,9 @@ def test_export_to_a_place_it_cannot_write_is_one_line_and_leaves_nothing(
     exp = tiny_experiments()
     out = _finished(exp)
     (tmp_path / "file").write_text("")
+    long = f"{tmp_path}/{'a' * 300}.csv"
+    res = runner.invoke(app, ["export", str(exp), "--out", long])
+    one_line(res, f"{long}: a name in this path is longer than the filesystem allows (255 bytes")
     for target, why in (("/proc/abl-none.csv", "No such file"), (f"{tmp_path}/file/t.csv", "")):
         res = runner.invoke(app, ["export", str(exp), "--out", target])
         one_line(res, f"--out {target}", why)
