@@ -49,6 +49,22 @@ def _port_in_range(port: int) -> int:
     return port
 
 
+def _host_given(host: str) -> str:
+    """A --host that is empty or holds a space or control character: one line and exit 2 (an
+    empty one made one server listen on every address and the other fail)."""
+    if not host or not host.isprintable() or " " in host:
+        typer.echo(
+            f"abl: error: --host {host!r}: name an address to listen on, e.g. 127.0.0.1 (this "
+            "machine only, the default) or 0.0.0.0 (every network it is on)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return host
+
+
+HOST_OPTION = typer.Option(help="Address to listen on (loopback by default).", callback=_host_given)
+
+
 def port_option(what: str) -> typer.models.OptionInfo:
     """The one --port option of every command that serves a page."""
     return typer.Option(help=f"Port of {what} (1-65535).", callback=_port_in_range)
@@ -661,9 +677,7 @@ def ui(
     experiments: Experiments = Path("experiments.yaml"),
     output: Output = None,
     port: Annotated[int, port_option("the MLflow UI")] = 5000,
-    host: Annotated[
-        str, typer.Option(help="Address to listen on (loopback by default).")
-    ] = "127.0.0.1",
+    host: Annotated[str, HOST_OPTION] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the study's tracking backend (127.0.0.1 unless --host)."""
     from orchestrator.dashboard import check_free
@@ -786,9 +800,7 @@ def dashboard(
     experiments: Experiments = Path("experiments.yaml"),
     output: Output = None,
     port: Annotated[int, port_option("the Optuna dashboard")] = 8080,
-    host: Annotated[
-        str, typer.Option(help="Address to listen on (loopback by default).")
-    ] = "127.0.0.1",
+    host: Annotated[str, HOST_OPTION] = "127.0.0.1",
     writable: Annotated[
         bool,
         typer.Option(
@@ -1038,12 +1050,15 @@ def probe(
     already has a task's score is not probed again."""
     import pandas as pd
 
-    from orchestrator.evaluate import probe_checkpoint, probe_study, write_table
+    from orchestrator.evaluate import TABLE_SUFFIXES, probe_checkpoint, probe_study, write_table
+    from orchestrator.outfile import check_out
     from orchestrator.spec import load_spec
 
     with user_errors():
         if not task:
             raise AblError("abl probe: name at least one task with --task, e.g. --task env-sfx")
+        if out is not None:
+            check_out(out, TABLE_SUFFIXES)  # before the probes run, not after
         tasks = list(dict.fromkeys(task))
         if target.suffix in (".yaml", ".yml"):
             df = probe_study(load_spec(target, output), tasks, _say)

@@ -21,6 +21,7 @@ from model.embed import ENCODERS, load_encoder
 from model.errors import AblError
 from orchestrator.bank import DataBank
 from orchestrator.grid import expand
+from orchestrator.outfile import write_whole
 from orchestrator.prepare import prepare_study
 from orchestrator.probing import encoder_features, probe_finished, score
 from orchestrator.references import run_references
@@ -140,9 +141,10 @@ def probe_checkpoint(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
 def write_table(df: pd.DataFrame, out: Path) -> None:
-    """CSV or Parquet, by the file's suffix."""
-    if out.suffix not in (".csv", ".parquet"):
-        raise AblError(f"--out {out}: name a .csv or .parquet file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False) if out.suffix == ".csv" else df.to_parquet(out, index=False)
+    """CSV or Parquet, by the file's suffix (checked with `check_out` before the work)."""
+    csv = out.suffix.lower() == ".csv"
+    write_whole(out, lambda t: df.to_csv(t, index=False) if csv else df.to_parquet(t, index=False))

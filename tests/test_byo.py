@@ -199,6 +199,7 @@ def test_folder_task(tmp_path: Path) -> None:
     (root / "cat" / "notes.txt").write_text("not audio\n")
     tone(root / ".hidden" / "x.wav")
     tone(root / "loose.wav")  # not in a class folder
+    (root / "dog" / "outdoor" / "back").symlink_to("..")  # a loop: each file is read once
     clips = by_name(FolderTask("mine", root).clips())
     assert sorted(clips) == [
         "cat/0001.WAV",
@@ -320,6 +321,42 @@ def test_nsynth_task(tmp_path: Path) -> None:
     assert (c.label, c.group, c.split) == ("guitar", "guitar_electronic_022", "val")
     assert {c.label for c in clips} == {"bass", "guitar"}
     check_readable(clips)
+
+
+def test_metadata_rows_outside_the_layout_are_named(tmp_path: Path) -> None:
+    # Folds past the data set's own, empty labels, and JSON values that are not names used to
+    # pass (fold 7 read as train, a class named "") or crash (unhashable lists, deep nesting).
+    esc = make_esc50(tmp_path / "esc")
+    meta = esc / "meta" / "esc50.csv"
+    text = meta.read_text()
+    meta.write_text(text.replace("1-100001-A-0.wav,1,", "1-100001-A-0.wav,7,"))
+    with pytest.raises(AblError, match=r"esc50.csv:2: fold = 7 is outside the esc50 folds 1..5"):
+        ESC50Task("e", esc).clips()
+    meta.write_text(text.replace(",dog,", ",,"))
+    with pytest.raises(AblError, match="gives it the label '', not a name"):
+        ESC50Task("e", esc).clips()
+    meta.write_text(text + text.splitlines()[1] + "\n")
+    with pytest.raises(AblError, match=r"audio/1-100001-A-0.wav is listed twice; list each"):
+        ESC50Task("e", esc).clips()
+    us = make_us8k(tmp_path / "us")
+    meta = us / "metadata" / "UrbanSound8K.csv"
+    meta.write_text(meta.read_text().replace("1001,0.0,0.2,1,1,", "1001,0.0,0.2,1,11,", 1))
+    with pytest.raises(AblError, match="fold = 11 is outside the us8k folds 1..10"):
+        US8KTask("u", us).clips()
+    ns = make_nsynth(tmp_path / "ns")
+    meta = ns / "nsynth-train" / "examples.json"
+    examples = json.loads(meta.read_text())
+    first = next(iter(examples))
+    for field, value in (("instrument_family_str", ["bass"]), ("instrument_str", {"k": 1})):
+        bad = {**examples, first: {**examples[first], field: value}}
+        meta.write_text(json.dumps(bad))
+        with pytest.raises(
+            AblError, match=f"gives it the {'label' if 'family' in field else 'group'}"
+        ):
+            NSynthTask("n", ns).clips()
+    meta.write_text("[" * 200000 + "]" * 200000)
+    with pytest.raises(AblError, match="examples.json: nested deeper than a JSON reader"):
+        NSynthTask("n", ns).clips()
 
 
 def test_cremad_task(tmp_path: Path) -> None:

@@ -72,6 +72,21 @@ def test_export_refuses_a_folder_or_a_suffix_it_would_not_write(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments.yaml"]  # nothing written
 
 
+def test_probe_checks_its_out_file_before_it_probes(tmp_path):
+    # It was checked after every probe had run (and, for a study, its scores were recorded).
+    (tmp_path / "file").write_text("")
+    for out, words in (
+        ("t.txt", ["--out {tmp}/t.txt: name a .csv or .parquet file"]),
+        ("file/t.csv", ["{tmp}/file is a file, not a folder"]),
+    ):
+        res = runner.invoke(
+            app,
+            ["probe", str(tmp_path / "none.pt"), "--task", "env-sfx", "--out", f"{tmp_path}/{out}"],
+        )
+        one_line(res, *(w.replace("{tmp}", str(tmp_path)) for w in words))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_status_counts_each_trial_once():
     # A released or failed trial is failed, not also pending (the counts used to overlap).
     line = status_line("s", 4, {"done": 1, "running": 1, "failed": 1}, 60.0)
@@ -168,6 +183,15 @@ def test_every_port_flag_takes_1_to_65535_only(tmp_path, command, port):
     # Checked while the arguments are parsed: the experiments file is not even read.
     res = runner.invoke(app, [command, str(tmp_path / "missing.yaml"), "--port", port])
     one_line(res, f"--port {port}: choose a port from 1 to 65535")
+    assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["ui", "dashboard"])
+@pytest.mark.parametrize("host", ["", "a b", "127.0.0.1\n"])
+def test_every_host_flag_names_an_address(tmp_path, command, host):
+    # An empty one made the dashboard listen on every address, and the MLflow UI fail.
+    res = runner.invoke(app, [command, str(tmp_path / "missing.yaml"), "--host", host])
+    one_line(res, f"--host {host!r}: name an address to listen on")
     assert sorted(tmp_path.iterdir()) == []
 
 

@@ -142,6 +142,12 @@ class _Layout:
         return path
 
     def _clip(self, path: Path, label: str, group: str, split: str | None = None) -> RawClip:
+        for what, value in (("label", label), ("group", group)):
+            if not isinstance(value, str) or not value.strip():
+                raise AblError(
+                    f"{path}: the {self.format} metadata gives it the {what} {value!r}, not a "
+                    f"name; fill the {what} in (or remove the clip's row)"
+                )
         self._seen.append(path)
         return RawClip(
             _relative_name(path, self.root), label, group, partial(_read_file, path), split
@@ -192,6 +198,15 @@ class _Layout:
             rows.append((line, row))
         return rows
 
+    def _fold(self, value: str, where: str, folds: int) -> int:
+        """A row's fold: a whole number from 1 to `folds`."""
+        fold = self._int(value, where, "fold")
+        if not 1 <= fold <= folds:
+            raise AblError(
+                f"{where}: fold = {fold} is outside the {self.format} folds 1..{folds}; fix the row"
+            )
+        return fold
+
     def _int(self, value: str, where: str, column: str) -> int:
         try:
             return int(value)
@@ -219,8 +234,10 @@ class _Layout:
             key = prepared_file(c.name)
             if key in seen:
                 raise AblError(
-                    f"{self.root}: {seen[key]} and {c.name} would both be prepared as "
-                    f"{key}.flac; rename or remove one of them"
+                    f"{self.root}: {c.name} is listed twice; list each file once"
+                    if seen[key] == c.name
+                    else f"{self.root}: {seen[key]} and {c.name} would both be prepared as "
+                    f"{key}; rename or remove one of them"
                 )
             seen[key] = c.name
         return sorted(clips, key=lambda c: c.name)
@@ -281,7 +298,13 @@ def _read_file(path: Path) -> bytes:
 def _audio_files(folder: Path) -> list[Path]:
     """Audio files anywhere under `folder` (symlinks followed, hidden entries skipped)."""
     out = []
+    walked: set[tuple[int, int]] = set()  # (device, inode) of each folder read
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in walked:  # a link back up (a loop) or a second link to it
+            dirnames[:] = []
+            continue
+        walked.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         for f in sorted(filenames):
             if not _hidden(f) and Path(f).suffix.lower() in AUDIO_EXTENSIONS:
@@ -456,7 +479,7 @@ class ESC50Task(_Layout):
             where = f"{meta}:{line}"
             if self.esc10 and row["esc10"].lower() != "true":
                 continue
-            fold = self._int(row["fold"], where, "fold")
+            fold = self._fold(row["fold"], where, 5)
             path = self._audio(audio / row["filename"], where)
             split = _fold_split(fold, self.test_fold, self.val_fold)
             out.append(self._clip(path, row["category"], row["src_file"], split))
@@ -502,7 +525,7 @@ class US8KTask(_Layout):
         out = []
         for line, row in self._read_csv(meta, self.columns):
             where = f"{meta}:{line}"
-            fold = self._int(row["fold"], where, "fold")
+            fold = self._fold(row["fold"], where, 10)
             path = self._audio(self.root / "audio" / f"fold{fold}" / row["slice_file_name"], where)
             split = _fold_split(fold, self.test_fold, self.val_fold)
             out.append(self._clip(path, row["class"], row["fsID"], split))
@@ -602,6 +625,11 @@ class NSynthTask(_Layout):
                 examples = json.loads(meta.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise AblError(f"{meta}: not valid JSON ({e}); download it again") from None
+            except RecursionError:
+                raise AblError(
+                    f"{meta}: nested deeper than a JSON reader can follow (NSynth's is an object "
+                    "of flat objects); download it again"
+                ) from None
             if not isinstance(examples, dict):
                 raise AblError(f"{meta}: expected an object keyed by note_str; download it again")
             for note, ex in examples.items():
