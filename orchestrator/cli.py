@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from model.errors import NAME_MAX, AblError, no_room
+from orchestrator.outfile import TABLE_SUFFIXES
 
 app = typer.Typer(
     help="abl: controlled ablation studies of JEPA audio encoders.\n\n"
@@ -623,7 +624,7 @@ def export(
     status, task, metric, value (stable column names)."""
     from db import queries
     from db.engine import init_db, make_engine
-    from orchestrator.outfile import write_whole
+    from orchestrator.outfile import write_frame
     from orchestrator.spec import load_spec
 
     with user_errors():
@@ -635,19 +636,11 @@ def export(
         init_db(engine)
         df = queries.export_frame(engine, spec.study)
         target = out or spec.output / f"{spec.study}-results.{fmt}"
-        if target.is_char_device():  # /dev/stdout: a stream, written as it is
-            df.to_csv(target, index=False) if fmt == "csv" else df.to_parquet(target, index=False)
-        else:
-            write_whole(
-                target,
-                lambda tmp: (
-                    df.to_csv(tmp, index=False) if fmt == "csv" else df.to_parquet(tmp, index=False)
-                ),
-            )
+        write_frame(df, target, fmt)
         _say(f"{len(df)} rows -> {target}")
 
 
-EXPORT_FORMATS = ("csv", "parquet")
+EXPORT_FORMATS = tuple(s.removeprefix(".") for s in TABLE_SUFFIXES)  # csv, parquet
 
 
 def _export_format(fmt: str | None, out: Path | None) -> str:
@@ -1050,8 +1043,8 @@ def probe(
     already has a task's score is not probed again."""
     import pandas as pd
 
-    from orchestrator.evaluate import TABLE_SUFFIXES, probe_checkpoint, probe_study, write_table
-    from orchestrator.outfile import check_out
+    from orchestrator.evaluate import probe_checkpoint, probe_study
+    from orchestrator.outfile import check_out, write_frame
     from orchestrator.spec import load_spec
 
     with user_errors():
@@ -1072,7 +1065,7 @@ def probe(
         with pd.option_context("display.width", 200, "display.max_rows", 500):
             _say(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         if out is not None:
-            write_table(df, out)
+            write_frame(df, out, out.suffix.lower().removeprefix("."))
             _say(f"{len(df)} rows -> {out}")
 
 

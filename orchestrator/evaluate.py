@@ -21,7 +21,6 @@ from model.embed import ENCODERS, load_encoder
 from model.errors import AblError
 from orchestrator.bank import DataBank
 from orchestrator.grid import expand
-from orchestrator.outfile import write_whole
 from orchestrator.prepare import prepare_study
 from orchestrator.probing import encoder_features, probe_finished, score
 from orchestrator.references import run_references
@@ -139,12 +138,3 @@ def probe_checkpoint(
             }
         )
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-TABLE_SUFFIXES = (".csv", ".parquet")
-
-
-def write_table(df: pd.DataFrame, out: Path) -> None:
-    """CSV or Parquet, by the file's suffix (checked with `check_out` before the work)."""
-    csv = out.suffix.lower() == ".csv"
-    write_whole(out, lambda t: df.to_csv(t, index=False) if csv else df.to_parquet(t, index=False))

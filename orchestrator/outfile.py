@@ -6,8 +6,14 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.errors import AblError, no_room
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 def check_out(out: Path, suffixes: tuple[str, ...], flag: str = "--out") -> None:
@@ -43,3 +49,16 @@ def write_whole(out: Path, write: Callable[[Path], None], flag: str = "--out") -
     finally:
         with contextlib.suppress(OSError):  # gone, or never made (its folder could not be)
             tmp.unlink(missing_ok=True)
+
+
+def write_frame(df: pd.DataFrame, out: Path, fmt: str) -> None:
+    """A table as CSV or Parquet (`fmt`), written whole; a character device (/dev/stdout) is
+    a stream, written to as it is."""
+
+    def write(path: Path) -> None:
+        df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
+
+    if out.is_char_device():
+        write(out)
+    else:
+        write_whole(out, write)
